@@ -1,0 +1,158 @@
+"""Random-weight LLaVA-1.5-style checkpoints built offline from configs, for tests and CPU benchmarks.
+
+The weights are random, so answers mean nothing; what matters is that the data path (processor, CLIP tower,
+projector, Llama) is the real one from transformers, and that the checkpoint saves and reloads with no hub access.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
+
+# The layout of llava-hf/llava-1.5-*-hf's own chat template: "USER: <image>\n{text} ASSISTANT:".
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' ' }}"
+    "{% endfor %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+
+# Enough words for prompts of the shipped tasks and the chat template to tokenize into real sub-words.
+_CORPUS = [
+    "USER: ASSISTANT: A chat between a curious user and an artificial intelligence assistant.",
+    "What color is the shape in the top left cell? Answer the question using a single word or phrase.",
+    "Which shape is in the center? circle square triangle red green blue yellow top bottom left right middle",
+    "Is there a red circle in the image? yes no A B C D the of and to in is it what where how many one two three",
+    "0 1 2 3 4 5 6 7 8 9 . , ? ! : ; ( ) - ' \" answer question option image picture object cell row column",
+]
+
+
+@dataclass(frozen=True)
+class LlavaSize:
+    """The handful of numbers that decide a LLaVA's cost."""
+
+    image_size: int = 48
+    patch_size: int = 8
+    vision_hidden: int = 32
+    vision_layers: int = 3
+    vision_heads: int = 4
+    text_hidden: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    vocab_size: int = 400
+
+
+TINY = LlavaSize()
+# Runs on a 2-core CPU in seconds per sample, with LLaVA-1.5's 24 x 24 = 576 visual tokens per image.
+MID = LlavaSize(
+    image_size=336,
+    patch_size=14,
+    vision_hidden=256,
+    vision_layers=8,
+    vision_heads=8,
+    text_hidden=512,
+    text_layers=8,
+    text_heads=8,
+    vocab_size=2000,
+)
+
+
+def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained in a second on a few strings, with LLaVA's special tokens."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
+    from tokenizers import decoders
+
+    tokenizer.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+        padding_side="left",
+    )
+
+
+def build_random_llava(size: LlavaSize = TINY, seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """A LLaVA-1.5-architecture model with random weights and a matching processor."""
+    tokenizer = build_tokenizer(size.vocab_size)
+    vocab = len(tokenizer)
+    vision_config = CLIPVisionConfig(
+        hidden_size=size.vision_hidden,
+        intermediate_size=4 * size.vision_hidden,
+        num_hidden_layers=size.vision_layers,
+        num_attention_heads=size.vision_heads,
+        image_size=size.image_size,
+        patch_size=size.patch_size,
+        projection_dim=size.vision_hidden,
+    )
+    text_config = LlamaConfig(
+        hidden_size=size.text_hidden,
+        intermediate_size=3 * size.text_hidden,
+        num_hidden_layers=size.text_layers,
+        num_attention_heads=size.text_heads,
+        num_key_value_heads=size.text_heads,
+        vocab_size=vocab,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    num_patches = (size.image_size // size.patch_size) ** 2
+    config = LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=num_patches,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": size.image_size},
+        crop_size={"height": size.image_size, "width": size.image_size},
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=size.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    return model, processor
+
+
+def save_random_llava(path: str | Path, size: LlavaSize = TINY, seed: int = 0) -> Path:
+    """Build a random LLaVA and save model and processor under ``path``, loadable with ``from_pretrained``."""
+    path = Path(path)
+    model, processor = build_random_llava(size, seed)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

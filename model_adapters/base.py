@@ -1,0 +1,468 @@
+"""The lmms-eval model class every FoPru adapter shares.
+
+It turns lmms-eval requests into chat prompts, batches them, runs the wrapped model on the pruned inputs that a
+family adapter prepares, and reports per-sample token counts. A family adapter (``llava.py``) only loads its model
+and implements ``prepare``: images -> vision tower -> significance -> selection -> pruned model inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate import Accelerator, DistributedType
+from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
+from lmms_eval.api.model import lmms
+from lmms_eval.models.model_utils.gen_metrics import log_metrics
+from lmms_eval.protocol import ChatMessages
+from loguru import logger as eval_logger
+from PIL import Image
+from tqdm import tqdm
+
+from fopru_eval.config import PruningConfig
+
+# Model args the base understands besides the pruning ones; family adapters may add their own.
+BASE_MODEL_ARGS = (
+    "pretrained",
+    "revision",
+    "device",
+    "dtype",
+    "device_map",
+    "attn_implementation",
+    "batch_size",
+    "max_batch_size",
+    "chat_template",
+    "use_cache",
+    "trust_remote_code",
+)
+
+
+@dataclass
+class VisualTokenCounts(TokenCounts):
+    """lmms-eval's per-sample token counts plus the visual tokens the LLM kept, summed over the sample's images."""
+
+    visual_tokens_kept: int | None = None
+    visual_tokens_total: int | None = None
+
+    def to_dict(self) -> dict[str, int | None]:
+        counts = super().to_dict()
+        counts["visual_tokens_kept"] = self.visual_tokens_kept
+        counts["visual_tokens_total"] = self.visual_tokens_total
+        return counts
+
+
+@dataclass
+class Prompt:
+    """One request as the model sees it: a chat conversation and the images it shows, in order."""
+
+    messages: list[dict[str, Any]]
+    images: list[Image.Image]
+    # Which doc this is, to seed random selection identically across reruns, batch sizes and ranks.
+    doc_key: str
+
+
+@dataclass
+class PreparedBatch:
+    """Model inputs after pruning, and what the LLM saw of each sample."""
+
+    inputs: dict[str, Any]
+    visual_tokens_kept: list[int]
+    visual_tokens_total: list[int]
+    input_tokens: list[int] = field(default_factory=list)
+
+
+class FoPruLMM(lmms):
+    """Shared request handling for the FoPru adapters. Subclasses set ``model_name`` and implement
+    ``check_checkpoint``, ``load`` and ``prepare``."""
+
+    is_simple = True
+    model_name = "fopru"
+    extra_model_args: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        pretrained: str,
+        revision: str = "main",
+        device: str | None = None,
+        dtype: str = "auto",
+        device_map: str = "",
+        attn_implementation: str | None = None,
+        batch_size: int | str = 1,
+        max_batch_size: int | None = None,
+        chat_template: str | None = None,
+        use_cache: bool = True,
+        trust_remote_code: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        # Every argument is checked before any weights load, so a typo costs seconds, not a model load.
+        self.pruning, unknown = PruningConfig.from_model_args(kwargs)
+        extra = {k: unknown.pop(k) for k in list(unknown) if k in self.extra_model_args}
+        if unknown:
+            accepted = ", ".join(
+                (
+                    *BASE_MODEL_ARGS,
+                    "strategy",
+                    "keep_ratio",
+                    "keep_tokens",
+                    "significance",
+                    "seed",
+                    *self.extra_model_args,
+                )
+            )
+            raise ValueError(f"{self.model_name}: unknown model args {sorted(unknown)}; accepted: {accepted}")
+        self.batch_size_per_gpu = _positive_int("batch_size", batch_size)
+        self.use_cache = bool(use_cache)
+        self.check_checkpoint(pretrained, revision=revision, trust_remote_code=trust_remote_code)
+
+        self.accelerator = Accelerator()
+        self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
+        if self._world_size > 1:
+            # Data parallel: every process holds a full copy of the model and scores its share of the requests.
+            if self.accelerator.distributed_type not in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+                raise ValueError(
+                    f"{self.model_name} runs data parallel (one model copy per process); distributed type "
+                    f"{self.accelerator.distributed_type} is not supported: use MULTI_GPU or MULTI_CPU"
+                )
+            device_map = device_map or str(self.accelerator.device)
+            self._device = self.accelerator.device
+        else:
+            self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            device_map = device_map or str(self._device)
+
+        self.load(
+            pretrained,
+            revision=revision,
+            dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+            device_map=device_map,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            **extra,
+        )
+        if chat_template is not None:
+            self.processor.chat_template = chat_template
+        self.tokenizer.padding_side = "left"
+        if device_map == "auto":
+            self._device = self.model.device
+        eval_logger.info(f"{self.model_name}: pruning {self.pruning.to_dict()}")
+
+    # ----- what a family adapter provides -------------------------------------------------------------------------
+
+    def check_checkpoint(self, pretrained: str, **kwargs: Any) -> None:
+        """Raise a clear error if ``pretrained`` is not a checkpoint this adapter wraps (reads the config only)."""
+        raise NotImplementedError
+
+    def load(self, pretrained: str, **kwargs: Any) -> None:
+        """Set ``self.model``, ``self.processor`` and ``self.tokenizer``."""
+        raise NotImplementedError
+
+    def prepare(self, prompts: list[Prompt], continuations: list[str] | None = None) -> PreparedBatch:
+        """Processor, vision tower, significance, selection: the pruned inputs for one batch of prompts.
+
+        With ``continuations``, each one's tokens follow its prompt (for loglikelihood), after the assistant turn
+        opens."""
+        raise NotImplementedError
+
+    # ----- lmms-eval plumbing --------------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._model
+
+    @model.setter
+    def model(self, value: torch.nn.Module) -> None:
+        self._model = value
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_size_per_gpu
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    def tok_encode(self, string: str, **kwargs: Any) -> list[int]:
+        return self.tokenizer.encode(string, add_special_tokens=False)
+
+    def tok_decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens)
+
+    def clean(self) -> None:
+        """lmms-eval deletes the model after a run; a sweep that reuses one loaded model sets ``keep_loaded``."""
+        if not getattr(self, "keep_loaded", False):
+            super().clean()
+
+    # ----- requests -> prompts -------------------------------------------------------------------------------------
+
+    def _doc(self, task: str, split: str, doc_id: int) -> dict[str, Any]:
+        return self.task_dict[task][split][doc_id]
+
+    def _prompt_from_visuals(self, ctx: str, doc_to_visual: Any, doc_id: int, task: str, split: str) -> Prompt:
+        """A simple-model request: build the user turn the way lmms-eval's chat tasks do (images, then the text)."""
+        visuals = doc_to_visual(self._doc(task, split, doc_id)) if doc_to_visual is not None else []
+        images = _as_images(visuals or [], self.model_name, task, doc_id)
+        content = [{"type": "image", "url": image} for image in images] + [{"type": "text", "text": ctx}]
+        return Prompt([{"role": "user", "content": content}], images, f"{task}/{split}/{doc_id}")
+
+    def _prompt_from_messages(self, messages: Any, doc_id: int, task: str, split: str) -> Prompt:
+        """A chat-model request: lmms-eval's messages, validated by its own protocol class."""
+        chat = ChatMessages(messages=messages)
+        images, videos, audios = chat.extract_media()
+        if videos or audios:
+            raise ValueError(
+                f"{self.model_name}: {task} doc {doc_id} has video or audio input; only images are supported"
+            )
+        images = _as_images(images, self.model_name, task, doc_id)
+        return Prompt(chat.model_dump()["messages"], images, f"{task}/{split}/{doc_id}")
+
+    def _generation_prompt(self, request: Instance) -> tuple[Prompt, dict[str, Any]]:
+        if self.is_simple:
+            ctx, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
+            return self._prompt_from_visuals(ctx, doc_to_visual, doc_id, task, split), gen_kwargs
+        ctx, doc_to_messages, gen_kwargs, doc_id, task, split = request.args
+        messages = doc_to_messages(self._doc(task, split, doc_id))
+        return self._prompt_from_messages(messages, doc_id, task, split), gen_kwargs
+
+    # ----- generation ----------------------------------------------------------------------------------------------
+
+    def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
+        prompts, all_gen_kwargs = (
+            zip(*(self._generation_prompt(r) for r in requests), strict=True) if requests else ((), ())
+        )
+        results: list[GenerationResult | None] = [None] * len(requests)
+        progress = tqdm(total=len(requests), disable=self.rank != 0, desc=f"{self.model_name} generating")
+        for indices in self._batches(prompts, all_gen_kwargs):
+            batch = [prompts[i] for i in indices]
+            outputs = self._generate(batch, all_gen_kwargs[indices[0]])
+            for i, output in zip(indices, outputs, strict=True):
+                results[i] = output
+            progress.update(len(indices))
+        progress.close()
+        return results  # type: ignore[return-value]
+
+    def _generate(self, prompts: list[Prompt], gen_kwargs: dict[str, Any]) -> list[GenerationResult]:
+        """One batch: prune, generate, decode. Any failure fails the run, naming the docs it was on."""
+        try:
+            with torch.inference_mode():
+                batch = self.prepare(prompts)
+                prompt_length = batch.inputs["input_ids"].shape[1]
+                started = time.perf_counter()
+                sequences = self.model.generate(**batch.inputs, **self._generation_config(gen_kwargs))
+                new_tokens = sequences[:, prompt_length:].cpu()
+                elapsed = time.perf_counter() - started
+        except Exception as error:
+            docs = ", ".join(p.doc_key for p in prompts)
+            eval_logger.error(f"{self.model_name}: generation failed for {docs}: {error!r}")
+            raise RuntimeError(f"{self.model_name}: generation failed for {docs}") from error
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        output_tokens = [_count_until_eos(row, self.eot_token_id) for row in new_tokens]
+        log_metrics(
+            total_elapsed_time=elapsed,
+            total_gen_tokens=sum(output_tokens),
+            avg_speed=sum(output_tokens) / elapsed if elapsed > 0 else 0.0,
+            additional_metrics=_visual_token_metrics(batch),
+        )
+        return [
+            GenerationResult(
+                text=text,
+                token_counts=VisualTokenCounts(
+                    input_tokens=batch.input_tokens[i],
+                    output_tokens=output_tokens[i],
+                    visual_tokens_kept=batch.visual_tokens_kept[i],
+                    visual_tokens_total=batch.visual_tokens_total[i],
+                ),
+            )
+            for i, text in enumerate(texts)
+        ]
+
+    def _generation_config(self, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """lmms-eval gen_kwargs -> ``generate`` arguments, with the defaults of lmms-eval's own ``llava_hf``.
+
+        As there, ``until`` is not applied (generation ends at EOS or max_new_tokens) and sampling is on only for a
+        temperature above 0, so ``strategy=none`` answers exactly as ``llava_hf`` does.
+        """
+        temperature = float(gen_kwargs.get("temperature", 0) or 0)
+        do_sample = temperature > 0
+        return {
+            "do_sample": do_sample,
+            "temperature": temperature if do_sample else None,
+            "top_p": gen_kwargs.get("top_p"),
+            "num_beams": int(gen_kwargs.get("num_beams", 1) or 1),
+            "max_new_tokens": int(gen_kwargs.get("max_new_tokens", 1024)),
+            "use_cache": self.use_cache,
+            "pad_token_id": self.eot_token_id,
+            "eos_token_id": self.eot_token_id,
+        }
+
+    def _batches(self, prompts: tuple[Prompt, ...], all_gen_kwargs: tuple[dict, ...]) -> list[list[int]]:
+        """Request indices in batches of equal gen_kwargs, longest prompts first so padding stays small."""
+        groups: dict[str, list[int]] = {}
+        for i, gen_kwargs in enumerate(all_gen_kwargs):
+            groups.setdefault(json.dumps(gen_kwargs, sort_keys=True, default=str), []).append(i)
+        batches = []
+        for indices in groups.values():
+            indices.sort(key=lambda i: -_prompt_size(prompts[i]))
+            batches += [indices[start : start + self.batch_size] for start in range(0, len(indices), self.batch_size)]
+        return batches
+
+    # ----- loglikelihood -------------------------------------------------------------------------------------------
+
+    def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
+        """``(loss, is_greedy)`` per request: the continuation's mean negative log-likelihood per token after its
+        prompt (lmms-eval's convention, as in its llava_hf: its multiple-choice scorer takes the argmin), and
+        whether greedy decoding would produce the continuation.
+
+        Results are wrapped in ``GenerationResult`` because lmms-eval 0.7.3 turns bare ``(ll, is_greedy)`` tuples
+        into strings, which breaks multiple-choice tasks; the wrapper passes the tuple through untouched.
+        """
+        prompts, continuations = [], []
+        for request in requests:
+            ctx, doc_to_target, doc_to_visual, doc_id, task, split = request.args
+            prompts.append(self._prompt_from_visuals(ctx, doc_to_visual, doc_id, task, split))
+            target = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(self._doc(task, split, doc_id))
+            continuations.append(target)
+        results: list[GenerationResult | None] = [None] * len(requests)
+        progress = tqdm(total=len(requests), disable=self.rank != 0, desc=f"{self.model_name} scoring")
+        for indices in self._batches(tuple(prompts), tuple({} for _ in prompts)):
+            outputs = self._score([prompts[i] for i in indices], [continuations[i] for i in indices])
+            for i, output in zip(indices, outputs, strict=True):
+                results[i] = output
+            progress.update(len(indices))
+        progress.close()
+        return results  # type: ignore[return-value]
+
+    def _score(self, prompts: list[Prompt], continuations: list[str]) -> list[GenerationResult]:
+        try:
+            with torch.inference_mode():
+                batch = self.prepare(prompts, continuations)
+                targets = [self.tok_encode(c) for c in continuations]
+                longest = max(len(t) for t in targets)
+                # Left padding puts every continuation at the end of its row; the logits that predict it are the
+                # ``len(target)`` positions before the last.
+                logits = self.model(**batch.inputs, logits_to_keep=longest + 1).logits[:, :-1].float()
+        except Exception as error:
+            docs = ", ".join(p.doc_key for p in prompts)
+            eval_logger.error(f"{self.model_name}: loglikelihood failed for {docs}: {error!r}")
+            raise RuntimeError(f"{self.model_name}: loglikelihood failed for {docs}") from error
+        results = []
+        for i, target in enumerate(targets):
+            target_ids = torch.tensor(target, device=logits.device)
+            row = logits[i, logits.shape[1] - len(target) :]
+            loss = -row.log_softmax(dim=-1).gather(-1, target_ids.unsqueeze(-1)).mean().item()
+            is_greedy = bool((row.argmax(dim=-1) == target_ids).all())
+            counts = VisualTokenCounts(
+                input_tokens=batch.input_tokens[i],
+                visual_tokens_kept=batch.visual_tokens_kept[i],
+                visual_tokens_total=batch.visual_tokens_total[i],
+            )
+            results.append(GenerationResult(text=(loss, is_greedy), token_counts=counts))  # type: ignore[arg-type]
+        return results
+
+    # ----- multi-round ---------------------------------------------------------------------------------------------
+
+    def generate_until_multi_round(self, requests: list[Instance]) -> list[GenerationResult]:
+        """lmms-eval's multi-round protocol: after each answer the task's doc_to_text (simple) or doc_to_messages
+        (chat) gives the next round, until it signals the end. Rounds of one doc depend on each other, so each doc
+        runs on its own."""
+        results = []
+        for request in tqdm(requests, disable=self.rank != 0, desc=f"{self.model_name} multi-round"):
+            if self.is_simple:
+                ctx, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split = request.args
+                prompt = self._prompt_from_visuals(ctx, doc_to_visual, doc_id, task, split)
+            else:
+                ctx, doc_to_messages, gen_kwargs, doc_id, task, split = request.args
+                prompt = self._prompt_from_messages(
+                    doc_to_messages(self._doc(task, split, doc_id)), doc_id, task, split
+                )
+            doc = self._doc(task, split, doc_id)
+            outputs: list[str] = []
+            round_info = None
+            counts = VisualTokenCounts(input_tokens=0, output_tokens=0, visual_tokens_kept=0, visual_tokens_total=0)
+            for round_idx in range(1, 1_000_000):
+                answer = self._generate([prompt], gen_kwargs)[0]
+                outputs.append(answer.text)
+                _accumulate(counts, answer.token_counts)
+                if self.is_simple:
+                    visuals, next_ctx, terminal, outputs, round_info = doc_to_text(
+                        doc, previous_output=outputs, round_idx=round_idx, previous_round_info=round_info
+                    )
+                    if terminal:
+                        break
+                    prompt = self._prompt_from_visuals(next_ctx, lambda _doc, v=visuals: v, doc_id, task, split)
+                else:
+                    messages, terminal, outputs, round_info = doc_to_messages(
+                        doc, round_idx=round_idx, previous_output=outputs, previous_round_info=round_info
+                    )
+                    if terminal:
+                        break
+                    prompt = self._prompt_from_messages(messages, doc_id, task, split)
+                outputs = list(outputs)
+            results.append(GenerationResult(text=list(outputs), token_counts=counts))  # type: ignore[arg-type]
+        return results
+
+
+def _as_images(visuals: list[Any], model_name: str, task: str, doc_id: int) -> list[Image.Image]:
+    images = []
+    for visual in visuals:
+        if not isinstance(visual, Image.Image):
+            raise TypeError(
+                f"{model_name}: {task} doc {doc_id} gives a {type(visual).__name__}; only PIL images are supported"
+            )
+        images.append(visual.convert("RGB"))
+    return images
+
+
+def _prompt_size(prompt: Prompt) -> int:
+    text = sum(len(part.get("text", "")) for message in prompt.messages for part in _content(message))
+    return text + 10_000 * len(prompt.images)
+
+
+def _content(message: dict[str, Any]) -> list[dict[str, Any]]:
+    content = message.get("content", [])
+    return [{"type": "text", "text": content}] if isinstance(content, str) else content
+
+
+def _count_until_eos(tokens: torch.Tensor, eos_id: int) -> int:
+    """Generated tokens up to and including the first EOS; what follows it is batch padding."""
+    eos = (tokens == eos_id).nonzero()
+    return int(eos[0, 0]) + 1 if eos.numel() else tokens.numel()
+
+
+def _visual_token_metrics(batch: PreparedBatch) -> dict[str, float]:
+    total = sum(batch.visual_tokens_total)
+    return {
+        "visual_tokens_kept": sum(batch.visual_tokens_kept) / len(batch.visual_tokens_kept),
+        "visual_tokens_total": total / len(batch.visual_tokens_total),
+        "visual_keep_fraction": sum(batch.visual_tokens_kept) / total if total else 1.0,
+    }
+
+
+def _accumulate(total: VisualTokenCounts, counts: TokenCounts | None) -> None:
+    if isinstance(counts, VisualTokenCounts):
+        total.input_tokens += counts.input_tokens or 0
+        total.output_tokens += counts.output_tokens or 0
+        total.visual_tokens_kept += counts.visual_tokens_kept or 0
+        total.visual_tokens_total += counts.visual_tokens_total or 0
+
+
+def _positive_int(name: str, value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1 or str(value).strip() != str(number):
+        raise ValueError(f"{name}={value!r} is not supported; accepted values: integers >= 1 ('auto' is not supported)")
+    return number
+
+
+def random_seed_for(seed: int, doc_key: str, image_index: int) -> int:
+    """A per-image seed that depends only on the doc, so random selection is the same at any batch size or rank."""
+    return zlib.crc32(f"{seed}/{doc_key}/{image_index}".encode())
