@@ -8,6 +8,7 @@ and implements ``prepare``: images -> vision tower -> significance -> selection 
 from __future__ import annotations
 
 import json
+import os
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -24,6 +25,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from fopru_eval.config import PruningConfig
+
+# lmms-eval forks workers to post-process docs; a Rust tokenizer thread pool that already ran batched calls then
+# aborts the process at exit ("terminate called without an active exception"), which kills torchrun ranks.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Model args the base understands besides the pruning ones; family adapters may add their own.
 BASE_MODEL_ARGS = (

@@ -1,0 +1,226 @@
+"""llava_fopru against independent references: the unpruned HF model, and a hand-built forward over kept tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from conftest import draw_image, user_turn
+from fopru_eval.config import PruningConfig, PruningConfigError
+from fopru_model_adapters.base import Prompt
+from fopru_model_adapters.llava import LlavaFoPru
+from lmms_eval.api.instance import Instance
+
+QUESTIONS = ["What color is the shape?", "Which shape is in the top left cell of the picture?", "Is it red?"]
+IMAGES = [
+    draw_image("red", (4, 4, 20, 20)),
+    draw_image("blue", (30, 20, 60, 50), size=(80, 40)),
+    draw_image("green", (10, 30, 30, 50), size=(40, 70)),
+]
+
+
+def prompts(count: int = 3) -> list[Prompt]:
+    return [
+        Prompt(user_turn(q, [image]), [image], f"t/test/{i}") for i, (q, image) in enumerate(zip(QUESTIONS, IMAGES))
+    ][:count]
+
+
+def adapter(path: Path, **args) -> LlavaFoPru:
+    return LlavaFoPru(pretrained=str(path), device="cpu", **args)
+
+
+def hf_inputs(processor, prompts: list[Prompt]) -> dict:
+    texts = [processor.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False) for p in prompts]
+    return processor(images=[i for p in prompts for i in p.images], text=texts, padding=True, return_tensors="pt")
+
+
+def test_none_reproduces_the_unpruned_hf_model_exactly(tiny_llava: Path) -> None:
+    ours = adapter(tiny_llava, strategy="none", batch_size=3)
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava).eval()
+    processor = AutoProcessor.from_pretrained(tiny_llava)
+    batch = prompts()
+    with torch.inference_mode():
+        expected_logits = model(**hf_inputs(processor, batch)).logits
+        logits = ours.model(**ours.prepare(batch).inputs).logits
+        assert torch.equal(logits, expected_logits)
+        inputs = hf_inputs(processor, batch)
+        expected = model.generate(
+            **inputs, max_new_tokens=8, do_sample=False, pad_token_id=processor.tokenizer.eos_token_id
+        )
+    expected_texts = processor.tokenizer.batch_decode(
+        expected[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+    )
+    answers = ours._generate(batch, {"max_new_tokens": 8, "temperature": 0})
+    assert [a.text for a in answers] == expected_texts
+    assert all(a.token_counts.visual_tokens_kept == a.token_counts.visual_tokens_total == 36 for a in answers)
+
+
+def test_keep_ratio_one_equals_none(tiny_llava: Path) -> None:
+    ours = adapter(tiny_llava, strategy="rank", keep_ratio=1.0)
+    none = PruningConfig(strategy="none")
+    with torch.inference_mode():
+        full = ours.model(**ours.prepare(prompts()).inputs).logits
+        ours.pruning = none
+        assert torch.equal(full, ours.model(**ours.prepare(prompts()).inputs).logits)
+
+
+def reference_pruned_logits(path: Path, prompt: Prompt, strategy: str, ratio: float) -> torch.Tensor:
+    """Independent of the adapter: eager attention maps -> float64 significance -> numpy selection -> embeddings
+    spliced by hand -> the language model on inputs_embeds."""
+    model = LlavaForConditionalGeneration.from_pretrained(path, attn_implementation="eager").eval()
+    processor = AutoProcessor.from_pretrained(path)
+    inputs = hf_inputs(processor, [prompt])
+    with torch.no_grad():
+        tower = model.model.vision_tower(inputs["pixel_values"], output_attentions=True)
+        attention = tower.attentions[len(tower.attentions) - 2][0].double().mean(0)[1:, 1:].numpy()
+        column, row = attention.mean(axis=0), attention.mean(axis=1)
+        significance = column if column.var() > row.var() else row
+        side = int(round(len(significance) ** 0.5))
+        if strategy == "rank":
+            keep = int(np.floor(len(significance) * ratio))
+            kept = np.sort(np.argsort(-significance, kind="stable")[:keep])
+        else:
+            rows = int(np.floor(side * ratio))
+            best = np.sort(np.argsort(-significance.reshape(side, side).sum(1), kind="stable")[:rows])
+            kept = np.concatenate([np.arange(r * side, (r + 1) * side) for r in best])
+        features = model.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output[0]
+        ids = inputs["input_ids"][0]
+        placeholders = (ids == model.config.image_token_id).nonzero().flatten()
+        start = int(placeholders[0])
+        embed = model.get_input_embeddings()
+        sequence = torch.cat(
+            [embed(ids[:start]), features[torch.from_numpy(kept)], embed(ids[start + len(placeholders) :])]
+        )
+        hidden = model.model.language_model(inputs_embeds=sequence.unsqueeze(0)).last_hidden_state
+        return model.lm_head(hidden)
+
+
+@pytest.mark.parametrize(("strategy", "ratio"), [("rank", 0.25), ("rank", 0.5), ("row", 0.5), ("row", 0.34)])
+def test_pruned_run_equals_a_reference_over_only_the_kept_tokens(tiny_llava: Path, strategy: str, ratio: float) -> None:
+    ours = adapter(tiny_llava, strategy=strategy, keep_ratio=ratio)
+    prompt = prompts(1)[0]
+    with torch.inference_mode():
+        batch = ours.prepare([prompt])
+        logits = ours.model(**batch.inputs).logits
+    expected = reference_pruned_logits(tiny_llava, prompt, strategy, ratio)
+    assert logits.shape == expected.shape
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+    assert batch.visual_tokens_kept == [36 * ratio // 1 if strategy == "rank" else 6 * int(6 * ratio)]
+
+
+@pytest.mark.parametrize("strategy", ["rank", "row", "random", "none"])
+def test_batching_does_not_change_answers(tiny_llava: Path, strategy: str) -> None:
+    args = {"strategy": strategy} if strategy == "none" else {"strategy": strategy, "keep_ratio": 0.25}
+    ours = adapter(tiny_llava, **args)
+    gen = {"max_new_tokens": 6, "temperature": 0}
+    one_by_one = [ours._generate([p], gen)[0] for p in prompts()]
+    batched = ours._generate(prompts(), gen)
+    assert [a.text for a in batched] == [a.text for a in one_by_one]
+    assert [a.token_counts.to_dict() for a in batched] == [a.token_counts.to_dict() for a in one_by_one]
+
+
+def test_random_selection_is_seeded_per_doc(tiny_llava: Path) -> None:
+    ours = adapter(tiny_llava, strategy="random", keep_ratio=0.25, seed=3)
+
+    def kept_features() -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.cat(ours.prepare(prompts()).inputs["mm_encoder_outputs"]["image"].pooler_output)
+
+    first = kept_features()
+    assert torch.equal(first, kept_features())
+    ours.pruning = PruningConfig(strategy="random", keep_ratio=0.25, seed=4)
+    assert not torch.equal(first, kept_features())
+
+
+def requests(kind: str, docs: list[dict]) -> list[Instance]:
+    def visuals(doc: dict) -> list:
+        return [doc["image"]] if doc["image"] is not None else []
+
+    out = []
+    for i, doc in enumerate(docs):
+        if kind == "generate_until":
+            args = (doc["q"], {"max_new_tokens": 4, "until": ["\n\n"]}, visuals, i, "t", "test")
+        else:
+            args = (doc["q"], " red", visuals, i, "t", "test")
+        out.append(Instance(kind, args, idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1}))
+    return out
+
+
+def test_requests_keep_their_order_and_text_only_docs_run(tiny_llava: Path) -> None:
+    ours = adapter(tiny_llava, strategy="rank", keep_ratio=0.25, batch_size=2)
+    docs = [{"q": q, "image": image} for q, image in zip(QUESTIONS, IMAGES)] + [{"q": "Say hi.", "image": None}]
+    ours.task_dict = {"t": {"test": docs}}
+    batched = ours.generate_until(requests("generate_until", docs))
+    singles = [ours.generate_until(requests("generate_until", docs)[i : i + 1])[0] for i in range(len(docs))]
+    assert [r.text for r in batched] == [r.text for r in singles]
+    assert [r.token_counts.visual_tokens_kept for r in batched] == [9, 9, 9, 0]
+    assert [r.token_counts.visual_tokens_total for r in batched] == [36, 36, 36, 0]
+    assert batched[3].token_counts.input_tokens < batched[0].token_counts.input_tokens
+
+
+def test_loglikelihood_is_the_mean_token_loss_of_the_continuation(tiny_llava: Path) -> None:
+    ours = adapter(tiny_llava, strategy="none", batch_size=2)
+    docs = [{"q": q, "image": image} for q, image in zip(QUESTIONS, IMAGES)]
+    ours.task_dict = {"t": {"test": docs}}
+    results = ours.loglikelihood(requests("loglikelihood", docs))
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava).eval()
+    processor = AutoProcessor.from_pretrained(tiny_llava)
+    for result, prompt in zip(results, prompts()):
+        inputs = hf_inputs(processor, [prompt])
+        target = processor.tokenizer.encode(" red", add_special_tokens=False)
+        ids = torch.cat([inputs["input_ids"], torch.tensor([target])], dim=1)
+        labels = torch.full_like(ids, -100)
+        labels[0, -len(target) :] = torch.tensor(target)
+        with torch.no_grad():
+            output = model(input_ids=ids, pixel_values=inputs["pixel_values"], labels=labels)
+        loss, is_greedy = result.text
+        assert loss == pytest.approx(output.loss.item(), rel=1e-5)
+        assert is_greedy == bool((output.logits[0, -len(target) - 1 : -1].argmax(-1) == torch.tensor(target)).all())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"strategy": "rank", "keep_ratio": 2}, "0 < keep_ratio <= 1"),
+        ({"strategy": "rank", "keep_tokens": 0}, "keep_tokens=0"),
+        ({"strategy": "rank", "keep_ratio": 0.5, "keep_tokens": 3}, "exclusive"),
+        ({"strategy": "prune", "keep_ratio": 0.5}, "accepted values: rank, row, random, none"),
+        ({"strategy": "rank", "keep_ratio": 0.5, "significance": "max"}, "accepted values: auto, column, row"),
+        ({"strategy": "rank", "keep_ratio": 0.5, "batch_size": "auto"}, "batch_size='auto'"),
+        ({"strategy": "rank", "keep_ratio": 0.5, "keep_raito": 0.5}, r"unknown model args \['keep_raito'\]"),
+    ],
+)
+def test_bad_model_args_fail_before_weights_load(tiny_llava: Path, args: dict, message: str) -> None:
+    with mock.patch.object(LlavaForConditionalGeneration, "from_pretrained", side_effect=AssertionError("loaded")):
+        with pytest.raises((PruningConfigError, ValueError), match=message):
+            adapter(tiny_llava, **args)
+
+
+def test_a_checkpoint_that_is_not_llava_is_refused_before_weights_load(tmp_path: Path) -> None:
+    from transformers import LlamaConfig
+
+    LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32).save_pretrained(
+        tmp_path
+    )
+    with mock.patch.object(LlavaForConditionalGeneration, "from_pretrained", side_effect=AssertionError("loaded")):
+        with pytest.raises(ValueError, match="'llama' checkpoint; llava_fopru wraps LlavaForConditionalGeneration"):
+            adapter(tmp_path, strategy="rank", keep_ratio=0.5)
+
+
+def test_a_generation_error_fails_loudly_naming_the_docs(tiny_llava: Path) -> None:
+    ours = adapter(tiny_llava, strategy="rank", keep_ratio=0.5)
+    with mock.patch.object(ours.model, "generate", side_effect=RuntimeError("out of memory")):
+        with pytest.raises(RuntimeError, match="generation failed for t/test/0, t/test/1"):
+            ours._generate(prompts(2), {"max_new_tokens": 2})
+
+
+def test_non_image_visuals_are_refused(tiny_llava: Path) -> None:
+    ours = adapter(tiny_llava, strategy="rank", keep_ratio=0.5)
+    ours.task_dict = {"t": {"test": [{"q": "x", "image": "clip.mp4"}]}}
+    with pytest.raises(TypeError, match="t doc 0 gives a str; only PIL images are supported"):
+        ours.generate_until(requests("generate_until", ours.task_dict["t"]["test"]))
