@@ -11,13 +11,13 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
-from fopru_model_adapters.base import FoPruLMM, PreparedBatch, Prompt, random_seed_for
 from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from fopru_eval.capture import SignificanceCapture
 from fopru_eval.selection import select_tokens
 from fopru_eval.sequence import drop_pruned_placeholders, left_pad, unpad
+from fopru_model_adapters.base import FoPruLMM, PreparedBatch, Prompt, random_seed_for
 
 
 class LlavaFoPru(FoPruLMM):

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from transformers import AutoProcessor
 
 from conftest import TASKS_DIR, draw_image, user_turn
@@ -126,8 +125,20 @@ def test_a_failing_sample_fails_the_run_visibly_and_writes_no_results(tiny_llava
         .replace("!function utils.fopru_gen_process_results", "!function utils.visual")
     )
     output = tmp_path / "out"
-    run = lmms_eval(["--model", "llava_fopru", "--model_args", f"pretrained={tiny_llava},strategy=rank,keep_ratio=0.5",
-                     "--tasks", "fopru_broken", "--limit", "2", "--device", "cpu"], output, include=task_dir)  # fmt: skip
+    model_args = f"pretrained={tiny_llava},strategy=rank,keep_ratio=0.5"
+    args = [
+        "--model",
+        "llava_fopru",
+        "--model_args",
+        model_args,
+        "--tasks",
+        "fopru_broken",
+        "--limit",
+        "2",
+        "--device",
+        "cpu",
+    ]
+    run = lmms_eval(args, output, include=task_dir)
     log = run.stdout + run.stderr
     assert "llava_fopru: generation failed for fopru_broken/test/0" in log
     assert not list(output.glob("**/*_results.json"))

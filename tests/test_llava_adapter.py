@@ -8,13 +8,13 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from lmms_eval.api.instance import Instance
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from conftest import draw_image, user_turn
 from fopru_eval.config import PruningConfig, PruningConfigError
 from fopru_model_adapters.base import Prompt
 from fopru_model_adapters.llava import LlavaFoPru
-from lmms_eval.api.instance import Instance
 
 QUESTIONS = ["What color is the shape?", "Which shape is in the top left cell of the picture?", "Is it red?"]
 IMAGES = [
@@ -26,7 +26,8 @@ IMAGES = [
 
 def prompts(count: int = 3) -> list[Prompt]:
     return [
-        Prompt(user_turn(q, [image]), [image], f"t/test/{i}") for i, (q, image) in enumerate(zip(QUESTIONS, IMAGES))
+        Prompt(user_turn(q, [image]), [image], f"t/test/{i}")
+        for i, (q, image) in enumerate(zip(QUESTIONS, IMAGES, strict=True))
     ][:count]
 
 
@@ -153,7 +154,9 @@ def requests(kind: str, docs: list[dict]) -> list[Instance]:
 
 def test_requests_keep_their_order_and_text_only_docs_run(tiny_llava: Path) -> None:
     ours = adapter(tiny_llava, strategy="rank", keep_ratio=0.25, batch_size=2)
-    docs = [{"q": q, "image": image} for q, image in zip(QUESTIONS, IMAGES)] + [{"q": "Say hi.", "image": None}]
+    docs = [{"q": q, "image": image} for q, image in zip(QUESTIONS, IMAGES, strict=True)] + [
+        {"q": "Say hi.", "image": None}
+    ]
     ours.task_dict = {"t": {"test": docs}}
     batched = ours.generate_until(requests("generate_until", docs))
     singles = [ours.generate_until(requests("generate_until", docs)[i : i + 1])[0] for i in range(len(docs))]
@@ -165,12 +168,12 @@ def test_requests_keep_their_order_and_text_only_docs_run(tiny_llava: Path) -> N
 
 def test_loglikelihood_is_the_mean_token_loss_of_the_continuation(tiny_llava: Path) -> None:
     ours = adapter(tiny_llava, strategy="none", batch_size=2)
-    docs = [{"q": q, "image": image} for q, image in zip(QUESTIONS, IMAGES)]
+    docs = [{"q": q, "image": image} for q, image in zip(QUESTIONS, IMAGES, strict=True)]
     ours.task_dict = {"t": {"test": docs}}
     results = ours.loglikelihood(requests("loglikelihood", docs))
     model = LlavaForConditionalGeneration.from_pretrained(tiny_llava).eval()
     processor = AutoProcessor.from_pretrained(tiny_llava)
-    for result, prompt in zip(results, prompts()):
+    for result, prompt in zip(results, prompts(), strict=True):
         inputs = hf_inputs(processor, [prompt])
         target = processor.tokenizer.encode(" red", add_special_tokens=False)
         ids = torch.cat([inputs["input_ids"], torch.tensor([target])], dim=1)
