@@ -7,11 +7,13 @@ and implements ``prepare``: images -> vision tower -> significance -> selection 
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import json
 import os
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,26 +26,11 @@ from loguru import logger as eval_logger
 from PIL import Image
 from tqdm import tqdm
 
-from fopru_eval.config import PruningConfig
+from fopru_eval.config import PRUNING_ARGS, PruningConfig
 
 # lmms-eval forks workers to post-process docs; a Rust tokenizer thread pool that already ran batched calls then
 # aborts the process at exit ("terminate called without an active exception"), which kills torchrun ranks.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-# Model args the base understands besides the pruning ones; family adapters may add their own.
-BASE_MODEL_ARGS = (
-    "pretrained",
-    "revision",
-    "device",
-    "dtype",
-    "device_map",
-    "attn_implementation",
-    "batch_size",
-    "max_batch_size",
-    "chat_template",
-    "use_cache",
-    "trust_remote_code",
-)
 
 
 @dataclass
@@ -77,7 +64,7 @@ class PreparedBatch:
     inputs: dict[str, Any]
     visual_tokens_kept: list[int]
     visual_tokens_total: list[int]
-    input_tokens: list[int] = field(default_factory=list)
+    input_tokens: list[int]
 
 
 class FoPruLMM(lmms):
@@ -86,7 +73,6 @@ class FoPruLMM(lmms):
 
     is_simple = True
     model_name = "fopru"
-    extra_model_args: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -97,7 +83,7 @@ class FoPruLMM(lmms):
         device_map: str = "",
         attn_implementation: str | None = None,
         batch_size: int | str = 1,
-        max_batch_size: int | None = None,
+        max_batch_size: int | None = None,  # lmms-eval always passes it; batches are fixed-size here
         chat_template: str | None = None,
         use_cache: bool = True,
         trust_remote_code: bool = False,
@@ -106,19 +92,9 @@ class FoPruLMM(lmms):
         super().__init__()
         # Every argument is checked before any weights load, so a typo costs seconds, not a model load.
         self.pruning, unknown = PruningConfig.from_model_args(kwargs)
-        extra = {k: unknown.pop(k) for k in list(unknown) if k in self.extra_model_args}
         if unknown:
-            accepted = ", ".join(
-                (
-                    *BASE_MODEL_ARGS,
-                    "strategy",
-                    "keep_ratio",
-                    "keep_tokens",
-                    "significance",
-                    "seed",
-                    *self.extra_model_args,
-                )
-            )
+            own = [name for name in inspect.signature(FoPruLMM.__init__).parameters if name not in ("self", "kwargs")]
+            accepted = ", ".join((*own, *PRUNING_ARGS))
             raise ValueError(f"{self.model_name}: unknown model args {sorted(unknown)}; accepted: {accepted}")
         self.batch_size_per_gpu = _positive_int("batch_size", batch_size)
         self.use_cache = bool(use_cache)
@@ -146,7 +122,6 @@ class FoPruLMM(lmms):
             device_map=device_map,
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
-            **extra,
         )
         if chat_template is not None:
             self.processor.chat_template = chat_template
@@ -199,11 +174,6 @@ class FoPruLMM(lmms):
 
     def tok_decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens)
-
-    def clean(self) -> None:
-        """lmms-eval deletes the model after a run; a sweep that reuses one loaded model sets ``keep_loaded``."""
-        if not getattr(self, "keep_loaded", False):
-            super().clean()
 
     # ----- requests -> prompts -------------------------------------------------------------------------------------
 
@@ -391,7 +361,7 @@ class FoPruLMM(lmms):
             outputs: list[str] = []
             round_info = None
             counts = VisualTokenCounts(input_tokens=0, output_tokens=0, visual_tokens_kept=0, visual_tokens_total=0)
-            for round_idx in range(1, 1_000_000):
+            for round_idx in itertools.count(1):
                 answer = self._generate([prompt], gen_kwargs)[0]
                 outputs.append(answer.text)
                 _accumulate(counts, answer.token_counts)

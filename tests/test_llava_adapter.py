@@ -227,3 +227,37 @@ def test_non_image_visuals_are_refused(tiny_llava: Path) -> None:
     ours.task_dict = {"t": {"test": [{"q": "x", "image": "clip.mp4"}]}}
     with pytest.raises(TypeError, match="t doc 0 gives a str; only PIL images are supported"):
         ours.generate_until(requests("generate_until", ours.task_dict["t"]["test"]))
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_multi_round_follows_the_task_until_it_ends(tiny_llava: Path, chat: bool) -> None:
+    """Each round's prompt comes from the task, given the answers so far; the result lists every round's answer."""
+    ours = adapter(tiny_llava, strategy="rank", keep_ratio=0.5)
+    ours.is_simple = not chat
+    docs = [{"q": "First question?", "image": IMAGES[0]}]
+    ours.task_dict = {"t": {"test": docs}}
+    seen = []
+
+    def next_round(doc, previous_output=None, round_idx=None, previous_round_info=None):
+        seen.append((round_idx, list(previous_output)))
+        terminal = round_idx == 3
+        text = f"Round {round_idx}: what next?"
+        if chat:
+            return user_turn(text, [doc["image"]]), terminal, previous_output, {"round": round_idx}
+        return [doc["image"]], text, terminal, previous_output, {"round": round_idx}
+
+    def doc_to_messages(doc, **kwargs):
+        return next_round(doc, **kwargs) if kwargs else user_turn(doc["q"], [doc["image"]])
+
+    gen = {"max_new_tokens": 3}
+    if chat:
+        args = ("First question?", doc_to_messages, gen, 0, "t", "test")
+    else:
+        args = ("First question?", gen, lambda doc: [doc["image"]], next_round, 0, "t", "test")
+    request = Instance("generate_until_multi_round", args, idx=0, metadata={"task": "t", "doc_id": 0, "repeats": 1})
+    [result] = ours.generate_until_multi_round([request])
+    assert [round_idx for round_idx, _ in seen] == [1, 2, 3]
+    assert [len(previous) for _, previous in seen] == [1, 2, 3]
+    assert len(result.text) == 3 and result.text[:2] == seen[2][1][:2]
+    # Three rounds, each with one image pruned to half of its 36 tokens.
+    assert result.token_counts.visual_tokens_kept == 3 * 18 and result.token_counts.visual_tokens_total == 3 * 36
