@@ -198,7 +198,7 @@ class FoPruLMM(lmms):
         images = _as_images(images, self.model_name, task, doc_id)
         return Prompt(chat.model_dump()["messages"], images, f"{task}/{split}/{doc_id}")
 
-    def _generation_prompt(self, request: Instance) -> tuple[Prompt, dict[str, Any]]:
+    def generation_prompt(self, request: Instance) -> tuple[Prompt, dict[str, Any]]:
         if self.is_simple:
             ctx, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
             return self._prompt_from_visuals(ctx, doc_to_visual, doc_id, task, split), gen_kwargs
@@ -210,7 +210,7 @@ class FoPruLMM(lmms):
 
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
         prompts, all_gen_kwargs = (
-            zip(*(self._generation_prompt(r) for r in requests), strict=True) if requests else ((), ())
+            zip(*(self.generation_prompt(r) for r in requests), strict=True) if requests else ((), ())
         )
         results: list[GenerationResult | None] = [None] * len(requests)
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc=f"{self.model_name} generating")

@@ -27,8 +27,13 @@ def test_bench_tiny_reports_every_row_and_column(tmp_path, capsys):
     assert result["machine"]["torch_threads"] >= 1
     assert result["model"]["visual_tokens_per_image"] == 36
     assert result["settings"] == {
-        "samples": 2, "batch_size": 1, "max_new_tokens": 2, "repeats": 1, "warmup": 1,
-        "ratios": [1.0, 0.5, 0.25, 0.11], "strategies": ["rank", "row"],
+        "samples": 2,
+        "batch_size": 1,
+        "max_new_tokens": 2,
+        "repeats": 1,
+        "warmup": 1,
+        "ratios": [1.0, 0.5, 0.25, 0.11],
+        "strategies": ["rank", "row"],
     }
 
     rows = {row["config"]: row for row in result["sweep"]}

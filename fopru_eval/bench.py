@@ -1,0 +1,403 @@
+"""Benchmark FoPru on a random LLaVA: prefill, end-to-end, memory, significance cost, parity with llava_hf.
+
+Everything is measured in one process on one loaded checkpoint and reported beside its ratio to strategy=none
+from the same run: a random model's absolute times say little, the ratios say what pruning buys. Configs are
+switched by replacing ``adapter.pruning`` and measured in interleaved rounds, so drift of the machine (heat,
+other load) hits every config alike; each time is the median over the timed rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import gc
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from lmms_eval.api.instance import Instance
+from PIL import Image, ImageDraw
+
+from fopru_eval.config import PruningConfig
+from fopru_eval.random_llava import MID, TINY, save_random_llava
+
+TASK, SPLIT = "fopru_bench", "test"
+SIZES = {"tiny": TINY, "mid": MID}
+COLORS = ["red", "green", "blue", "orange", "purple", "black"]
+QUESTIONS = ["What color is the shape?", "Which shape is in the center?", "Is there a red circle?"]
+
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc: RSS is read as the allocator leaves it
+    _LIBC = None
+
+
+def synthetic_docs(count: int, size: int = 336) -> list[dict[str, Any]]:
+    """One coloured shape on white per image, placed and coloured by the doc index: the same every run."""
+    docs = []
+    for i in range(count):
+        image = Image.new("RGB", (size, size), "white")
+        draw = ImageDraw.Draw(image)
+        left, top = (i * 67) % (size // 2), (i * 41) % (size // 2)
+        right, bottom = left + size // 2, top + size // 2
+        color = COLORS[i % len(COLORS)]
+        if i % 3 == 0:
+            draw.ellipse((left, top, right, bottom), fill=color)
+        elif i % 3 == 1:
+            draw.rectangle((left, top, right, bottom), fill=color)
+        else:
+            draw.polygon([(left, bottom), (right, bottom), ((left + right) // 2, top)], fill=color)
+        docs.append({"image": image, "question": QUESTIONS[i % len(QUESTIONS)]})
+    return docs
+
+
+def doc_to_messages(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    content = [{"type": "image", "url": doc["image"]}, {"type": "text", "text": doc["question"]}]
+    return [{"role": "user", "content": content}]
+
+
+def chat_requests(docs: list[dict[str, Any]], max_new_tokens: int) -> list[Instance]:
+    """Chat-model requests as lmms-eval builds them; new ones each call, since llava_hf edits gen_kwargs."""
+    requests = []
+    for i, doc in enumerate(docs):
+        gen_kwargs = {"max_new_tokens": max_new_tokens, "temperature": 0}
+        args = (doc["question"], doc_to_messages, gen_kwargs, i, TASK, SPLIT)
+        metadata = {"task": TASK, "doc_id": i, "repeats": 1}
+        requests.append(Instance("generate_until", args, idx=0, metadata=metadata))
+    return requests
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Wall-clock seconds of ``fn()`` and its result; on CUDA, queued kernels are waited for at both ends."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, result
+
+
+class PeakMemory:
+    """Peak memory a block adds: CUDA's allocator peak, or on CPU the peak RSS above the RSS before the block.
+
+    ``ru_maxrss`` only ever grows over the life of the process, so on CPU a thread samples RSS every ~1 ms.
+    Use it inside ``rss_follows_tensors`` so that freed tensors leave the RSS.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.bytes = 0
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            return self
+        if _LIBC is not None:
+            _LIBC.malloc_trim(0)
+        self.process = psutil.Process()
+        self.base = self.peak = self.process.memory_info().rss
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.001):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.device.type == "cuda":
+            self.bytes = torch.cuda.max_memory_allocated(self.device) - self.base
+            return
+        self.stop.set()
+        self.thread.join()
+        self.bytes = max(self.peak, self.process.memory_info().rss) - self.base
+
+
+@contextmanager
+def rss_follows_tensors() -> Iterator[None]:
+    """While active, glibc gives each large block its own mapping, returned to the OS when freed.
+
+    By default glibc's mmap threshold grows with every large free (up to 32 MiB), so after a warm-up tensors
+    reuse heap the process already holds and RSS barely moves. A fixed 128 KiB threshold makes RSS follow the
+    live tensors, but it slows CPU inference by a third, so on exit the threshold goes to the 32 MiB a warm
+    process reaches anyway, for timing. Measure memory first: a heap fragmented by earlier runs hides it.
+    """
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    if _LIBC is None:
+        yield
+        return
+    _LIBC.mallopt(m_mmap_threshold, 128 * 2**10)
+    try:
+        yield
+    finally:
+        _LIBC.mallopt(m_mmap_threshold, 32 * 2**20)
+        _LIBC.mallopt(m_trim_threshold, 64 * 2**20)
+
+
+def time_to_first_token(adapter: Any, prompts: list[Any]) -> tuple[float, float]:
+    """Seconds from prompts to the first token's logits (``prepare`` + LLM prefill), and the prefill alone."""
+    with torch.inference_mode():
+        prepare_s, prepared = timed(lambda: adapter.prepare(prompts), adapter.device)
+        # generate's first step: one forward that fills the KV cache and scores only the last position.
+        prefill = partial(adapter.model, **prepared.inputs, use_cache=True, logits_to_keep=1)
+        llm_s, _ = timed(prefill, adapter.device)
+    return prepare_s + llm_s, llm_s
+
+
+def sweep(adapter: Any, docs: list[dict], configs: list[PruningConfig], args: argparse.Namespace) -> list[dict]:
+    """Per config: peak memory, prefill, LLM prefill and end-to-end seconds per sample, token counts."""
+    # Memory in passes of its own, before any timing (see rss_follows_tensors), and never while timing, as the
+    # sampling thread would compete for the CPU.
+    memory = {}
+    with rss_follows_tensors():
+        for config in [configs[0], configs[-1]]:  # untimed: settle what a first run initialises
+            adapter.pruning = config
+            adapter.generate_until(chat_requests(docs, args.max_new_tokens))
+        for config in configs:
+            adapter.pruning = config
+            with PeakMemory(adapter.device) as peak:
+                adapter.generate_until(chat_requests(docs, args.max_new_tokens))
+            memory[config] = peak.bytes / 2**20
+
+    # The adapter's own request -> prompt path, so the prefill sees exactly what generate_until sees.
+    prompts = [adapter.generation_prompt(r)[0] for r in chat_requests(docs, args.max_new_tokens)]
+    batches = [prompts[i : i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
+    times = {config: {"prefill_s": [], "llm_prefill_s": [], "end_to_end_s": []} for config in configs}
+    answers = {}
+    for round_index in range(args.warmup + args.repeats):
+        for config in configs:
+            adapter.pruning = config
+            first_token = [time_to_first_token(adapter, batch) for batch in batches]
+            requests = chat_requests(docs, args.max_new_tokens)
+            end_to_end, answers[config] = timed(lambda r=requests: adapter.generate_until(r), adapter.device)
+            if round_index >= args.warmup:
+                times[config]["prefill_s"].append(sum(t for t, _ in first_token) / len(docs))
+                times[config]["llm_prefill_s"].append(sum(t for _, t in first_token) / len(docs))
+                times[config]["end_to_end_s"].append(end_to_end / len(docs))
+
+    rows = []
+    for config in configs:
+        counts = [answer.token_counts for answer in answers[config]]
+        rows.append(
+            {
+                "config": label(config),
+                "strategy": config.strategy,
+                "keep_ratio": config.keep_ratio or 1.0,
+                "visual_tokens_kept": statistics.mean(c.visual_tokens_kept for c in counts),
+                "visual_tokens_total": statistics.mean(c.visual_tokens_total for c in counts),
+                "output_tokens": statistics.mean(c.output_tokens for c in counts),
+                **{name: statistics.median(seconds) for name, seconds in times[config].items()},
+                "peak_memory_mib": memory[config],
+            }
+        )
+    for row in rows:
+        for key in ("prefill_s", "llm_prefill_s", "end_to_end_s", "peak_memory_mib"):
+            baseline = rows[0][key]
+            row[key.rsplit("_", 1)[0] + "_vs_none"] = row[key] / baseline if baseline > 0 else float("nan")
+    return rows
+
+
+def significance_cost(adapter: Any, docs: list[dict], args: argparse.Namespace) -> dict[str, float]:
+    """The vision tower on one batch with significance hooks (strategy=rank) and without (strategy=none)."""
+    images = [doc["image"] for doc in docs]
+    pixels = adapter.processor.image_processor(images, return_tensors="pt").pixel_values
+    pixels = pixels.to(adapter.device, adapter.model.dtype)
+    configs = {"with": PruningConfig("rank", keep_ratio=0.5), "without": PruningConfig("none")}
+    seconds: dict[str, list[float]] = {name: [] for name in configs}
+    for round_index in range(args.warmup + args.repeats):
+        for name, config in configs.items():
+            adapter.pruning = config
+            with torch.inference_mode():
+                elapsed, _ = timed(lambda: adapter.encode_images(pixels), adapter.device)
+            if round_index >= args.warmup:
+                seconds[name].append(elapsed)
+    with_s, without_s = statistics.median(seconds["with"]), statistics.median(seconds["without"])
+    return {
+        "images": len(docs),
+        "tower_s": without_s,
+        "tower_with_significance_s": with_s,
+        "overhead": (with_s - without_s) / without_s,
+    }
+
+
+def compare_llava_hf(adapter: Any, path: Path, docs: list[dict], args: argparse.Namespace) -> dict[str, Any]:
+    """strategy=none against lmms-eval's chat llava_hf: same checkpoint, same requests, batch size 1."""
+    from lmms_eval.models.chat.llava_hf import LlavaHf
+
+    # device_map too: llava_hf passes its default "" on to from_pretrained, which transformers 5 rejects.
+    device = str(adapter.device)
+    theirs = LlavaHf(pretrained=str(path), device=device, device_map=device, batch_size=1)
+    theirs.task_dict = adapter.task_dict
+    adapter.pruning, adapter.batch_size_per_gpu = PruningConfig("none"), 1  # llava_hf runs batch size 1 only
+    models = {"ours": adapter, "llava_hf": theirs}
+    seconds: dict[str, list[float]] = {name: [] for name in models}
+    answers = {}
+    for round_index in range(args.warmup + args.repeats):
+        for name, model in models.items():
+            requests = chat_requests(docs, args.max_new_tokens)
+            elapsed, answers[name] = timed(lambda m=model, r=requests: m.generate_until(r), adapter.device)
+            if round_index >= args.warmup:
+                seconds[name].append(elapsed / len(docs))
+    adapter.batch_size_per_gpu = args.batch_size
+    ours_s, theirs_s = statistics.median(seconds["ours"]), statistics.median(seconds["llava_hf"])
+    pairs = zip(answers["ours"], answers["llava_hf"], strict=True)
+    return {
+        "ours_end_to_end_s": ours_s,
+        "llava_hf_end_to_end_s": theirs_s,
+        "ours_vs_llava_hf": ours_s / theirs_s,
+        "identical_answers": sum(ours.text == their.text for ours, their in pairs),
+        "samples": len(docs),
+        # llava_hf answers "" with no token counts when generate raises: count those apart.
+        "llava_hf_failed": sum(answer.token_counts is None for answer in answers["llava_hf"]),
+    }
+
+
+def label(config: PruningConfig) -> str:
+    return config.strategy if config.strategy == "none" else f"{config.strategy}@{config.keep_ratio:g}"
+
+
+def benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Save a random LLaVA, load it once through the chat adapter, and take every measurement."""
+    from fopru_model_adapters.llava import LlavaFoPruChat
+
+    started = time.perf_counter()
+    # All the cores this process may run on (a container or taskset may allow fewer than the machine has).
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(cores)
+    size = SIZES[args.size]
+    docs = synthetic_docs(args.samples)
+    configs = [PruningConfig("none")]
+    configs += [PruningConfig(strategy, keep_ratio=r) for strategy in args.strategies for r in args.ratios]
+    with tempfile.TemporaryDirectory(prefix="fopru-bench-") as tmp:
+        path = save_random_llava(tmp, size)
+        adapter = LlavaFoPruChat(pretrained=str(path), device=args.device, batch_size=args.batch_size, strategy="none")
+        adapter.task_dict = {TASK: {SPLIT: docs}}
+        device = adapter.device
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
+        settings = ("samples", "batch_size", "max_new_tokens", "repeats", "warmup", "ratios", "strategies")
+        result: dict[str, Any] = {
+            "machine": {
+                "device": str(device),
+                "device_name": device_name,
+                "cpu_cores": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                # Other work on the machine skews every time; the interleaved ratios less so.
+                "load_average_1m": psutil.getloadavg()[0],
+            },
+            "model": {
+                "size": args.size,
+                **dataclasses.asdict(size),
+                "visual_tokens_per_image": (size.image_size // size.patch_size) ** 2,
+                "parameters_m": sum(p.numel() for p in adapter.model.parameters()) / 1e6,
+            },
+            "settings": {key: getattr(args, key) for key in settings},
+        }
+        result["sweep"] = sweep(adapter, docs, configs, args)  # first: memory needs an unfragmented heap
+        result["significance"] = significance_cost(adapter, docs, args)
+        if args.compare:
+            result["llava_hf"] = compare_llava_hf(adapter, path, docs, args)
+    result["total_s"] = time.perf_counter() - started
+    return result
+
+
+def format_tables(result: dict[str, Any]) -> str:
+    """Markdown: a header of machine facts, the sweep table, the significance cost, the llava_hf table."""
+    m, model, s, sig = result["machine"], result["model"], result["settings"], result["significance"]
+    lines = [
+        f"## FoPru benchmark: {model['size']} random LLaVA, {model['parameters_m']:.1f}M parameters, "
+        f"{model['visual_tokens_per_image']} visual tokens per image",
+        "",
+        f"{m['device']} ({m['device_name']}, {m['cpu_cores']} cores, load average "
+        f"{m['load_average_1m']:.1f} at start), torch {m['torch']}, {m['torch_threads']} threads; "
+        f"vision tower {model['vision_layers']} x {model['vision_hidden']}, "
+        f"LLM {model['text_layers']} x {model['text_hidden']}; {s['samples']} samples, "
+        f"batch size {s['batch_size']}, max_new_tokens {s['max_new_tokens']}; times per sample, median of "
+        f"{s['repeats']} rounds after {s['warmup']} warm-up; x none: ratio to strategy=none in this run.",
+        "",
+        "| config | visual tokens | prefill ms | x none | LLM prefill ms | x none | end-to-end ms | x none "
+        "| output tokens | peak memory MiB | x none |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["sweep"]:
+        lines.append(
+            f"| {r['config']} | {r['visual_tokens_kept']:g} / {r['visual_tokens_total']:g} "
+            f"| {r['prefill_s'] * 1e3:.1f} | {r['prefill_vs_none']:.2f} "
+            f"| {r['llm_prefill_s'] * 1e3:.1f} | {r['llm_prefill_vs_none']:.2f} "
+            f"| {r['end_to_end_s'] * 1e3:.1f} | {r['end_to_end_vs_none']:.2f} | {r['output_tokens']:g} "
+            f"| {r['peak_memory_mib']:.1f} | {r['peak_memory_vs_none']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Significance cost: the vision tower on a batch of {sig['images']} images takes "
+        f"{sig['tower_s'] * 1e3:.1f} ms without hooks, {sig['tower_with_significance_s'] * 1e3:.1f} ms with: "
+        f"{sig['overhead']:+.1%} of the tower's own time.",
+    ]
+    if "llava_hf" in result:
+        c = result["llava_hf"]
+        lines += [
+            "",
+            "| batch size 1 | end-to-end ms | x llava_hf | identical answers |",
+            "|---|---|---|---|",
+            f"| lmms-eval llava_hf | {c['llava_hf_end_to_end_s'] * 1e3:.1f} | 1.00 | |",
+            f"| llava_fopru strategy=none | {c['ours_end_to_end_s'] * 1e3:.1f} | {c['ours_vs_llava_hf']:.2f} "
+            f"| {c['identical_answers']} / {c['samples']} ({c['llava_hf_failed']} llava_hf failures) |",
+        ]
+    lines += ["", f"Total benchmark time {result['total_s']:.0f} s."]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    def ratios(text: str) -> list[float]:
+        values = [float(value) for value in text.split(",") if value.strip()]
+        if not all(0 < value <= 1 for value in values):
+            raise argparse.ArgumentTypeError(f"{text}: every keep ratio must be in (0, 1]")
+        return values
+
+    def strategies(text: str) -> list[str]:
+        values = [value.strip() for value in text.split(",") if value.strip()]
+        if not set(values) <= {"rank", "row", "random"}:
+            raise argparse.ArgumentTypeError(f"{text}: accepted strategies are rank, row, random")
+        return values
+
+    def positive(text: str) -> int:
+        if int(text) < 1:
+            raise argparse.ArgumentTypeError(f"{text} is not an integer >= 1")
+        return int(text)
+
+    parser.add_argument("--size", choices=sorted(SIZES), default="mid", help="default mid: 576 tokens/image")
+    parser.add_argument("--samples", type=positive, default=4, help="synthetic images (default 4)")
+    parser.add_argument("--batch-size", type=positive, default=1, help="default 1")
+    parser.add_argument("--max-new-tokens", type=positive, default=16, help="default 16")
+    parser.add_argument("--repeats", type=positive, default=3, help="timed rounds (default 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before them (default 1)")
+    parser.add_argument("--ratios", type=ratios, default=[1.0, 0.5, 0.25, 0.11], help="default 1,.5,.25,.11")
+    parser.add_argument("--strategies", type=strategies, default=["rank", "row"], help="default rank,row")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--no-compare", dest="compare", action="store_false", help="skip the llava_hf run")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = benchmark(args)
+    print(format_tables(result))
+    if args.output is not None:
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
