@@ -8,9 +8,10 @@ from typing import Any
 
 STRATEGIES = ("rank", "row", "random", "none")
 SIGNIFICANCE_MODES = ("auto", "column", "row")
+POSITION_MODES = ("compact", "original")
 
 # Model args that belong to pruning; everything else passes through to the wrapped model.
-PRUNING_ARGS = ("strategy", "keep_ratio", "keep_tokens", "significance", "seed")
+PRUNING_ARGS = ("strategy", "keep_ratio", "keep_tokens", "significance", "positions", "seed")
 
 
 class PruningConfigError(ValueError):
@@ -23,12 +24,15 @@ class PruningConfig:
 
     ``keep_ratio`` and ``keep_tokens`` are exclusive budgets per image (per view for multi-view models).
     ``strategy="none"`` keeps every token and must reproduce the unpruned model exactly.
+    ``positions``: ``compact`` re-indexes the pruned sequence contiguously (the paper's reorder step);
+    ``original`` gives each kept token the position id it had before pruning.
     """
 
     strategy: str
     keep_ratio: float | None = None
     keep_tokens: int | None = None
     significance: str = "auto"
+    positions: str = "compact"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -39,6 +43,10 @@ class PruningConfig:
         if self.significance not in SIGNIFICANCE_MODES:
             raise PruningConfigError(
                 f"significance={self.significance!r} is not supported; accepted values: {', '.join(SIGNIFICANCE_MODES)}"
+            )
+        if self.positions not in POSITION_MODES:
+            raise PruningConfigError(
+                f"positions={self.positions!r} is not supported; accepted values: {', '.join(POSITION_MODES)}"
             )
         if self.keep_ratio is not None and self.keep_tokens is not None:
             raise PruningConfigError(
@@ -76,6 +84,7 @@ class PruningConfig:
             keep_ratio=_as_number(model_args, "keep_ratio", float),
             keep_tokens=_as_number(model_args, "keep_tokens", int),
             significance=str(model_args.get("significance", "auto")),
+            positions=str(model_args.get("positions", "compact")),
             seed=_as_number(model_args, "seed", int) or 0,
         )
         return config, rest

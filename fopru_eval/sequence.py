@@ -14,10 +14,11 @@ def unpad(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.T
     return [ids[mask.bool()] for ids, mask in zip(input_ids, attention_mask, strict=True)]
 
 
-def drop_pruned_placeholders(
+def surviving_positions(
     ids: torch.Tensor, placeholder_id: int, kept: list[torch.Tensor], tokens_per_image: list[int]
 ) -> torch.Tensor:
-    """Remove the placeholders of pruned visual tokens from one unpadded sequence.
+    """Positions in one unpadded sequence that survive pruning: every text token, and the placeholders of kept
+    visual tokens.
 
     The sequence's placeholders belong to its images in order: the first ``tokens_per_image[0]`` to the first
     image, and so on. ``kept[i]`` holds the indices (within image i) of the tokens that stay.
@@ -34,11 +35,18 @@ def drop_pruned_placeholders(
     for indices, count in zip(kept, tokens_per_image, strict=True):
         keep[positions[offset + indices.to(positions.device)]] = True
         offset += count
-    return ids[keep]
+    return keep.nonzero().flatten()
+
+
+def drop_pruned_placeholders(
+    ids: torch.Tensor, placeholder_id: int, kept: list[torch.Tensor], tokens_per_image: list[int]
+) -> torch.Tensor:
+    """One unpadded sequence without the placeholders of pruned visual tokens (see ``surviving_positions``)."""
+    return ids[surviving_positions(ids, placeholder_id, kept, tokens_per_image)]
 
 
 def left_pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack sequences of different lengths, padding on the left as batched generation needs."""
+    """Stack sequences of different lengths, padding on the left as batched generation needs; also the mask."""
     length = max(row.numel() for row in rows)
     input_ids = rows[0].new_full((len(rows), length), pad_id)
     attention_mask = torch.zeros((len(rows), length), dtype=torch.long, device=rows[0].device)

@@ -27,6 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from fopru_eval.config import PRUNING_ARGS, PruningConfig
+from fopru_eval.selection import select_tokens
 
 # lmms-eval forks workers to post-process docs; a Rust tokenizer thread pool that already ran batched calls then
 # aborts the process at exit ("terminate called without an active exception"), which kills torchrun ranks.
@@ -146,6 +147,16 @@ class FoPruLMM(lmms):
         With ``continuations``, each one's tokens follow its prompt (for loglikelihood), after the assistant turn
         opens."""
         raise NotImplementedError
+
+    def select_image_tokens(
+        self, significance: torch.Tensor | None, grid: tuple[int, int], doc_key: str, image_index: int
+    ) -> torch.Tensor:
+        """Kept token indices, sorted, of one image (or view) laid out on ``grid``; random draws are seeded per doc
+        and image, so they do not depend on batch composition or rank."""
+        generator = None
+        if self.pruning.strategy == "random":
+            generator = torch.Generator().manual_seed(random_seed_for(self.pruning.seed, doc_key, image_index))
+        return select_tokens(self.pruning, grid, significance, generator).to(self.device)
 
     # ----- lmms-eval plumbing --------------------------------------------------------------------------------------
 

@@ -15,9 +15,8 @@ from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneratio
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from fopru_eval.capture import SignificanceCapture
-from fopru_eval.selection import select_tokens
-from fopru_eval.sequence import drop_pruned_placeholders, left_pad, unpad
-from fopru_model_adapters.base import FoPruLMM, PreparedBatch, Prompt, random_seed_for
+from fopru_eval.sequence import left_pad, surviving_positions, unpad
+from fopru_model_adapters.base import FoPruLMM, PreparedBatch, Prompt
 
 
 class LlavaFoPru(FoPruLMM):
@@ -101,6 +100,7 @@ class LlavaFoPru(FoPruLMM):
         kept_features: list[torch.Tensor] = []
         kept_counts: list[int] = []
         total_counts: list[int] = []
+        positions: list[torch.Tensor] = []  # each surviving token's position in the unpruned sequence
         image_index = 0
         if images:
             pixel_values = encoded["pixel_values"].to(self.device, self.model.dtype)
@@ -109,29 +109,28 @@ class LlavaFoPru(FoPruLMM):
             kept = []
             for local_index in range(len(prompt.images)):
                 scores = significance[image_index] if significance is not None else None
-                generator = None
-                if self.pruning.strategy == "random":
-                    seed = random_seed_for(self.pruning.seed, prompt.doc_key, local_index)
-                    generator = torch.Generator().manual_seed(seed)
-                indices = select_tokens(self.pruning, self.grid, scores, generator).to(self.device)
+                indices = self.select_image_tokens(scores, self.grid, prompt.doc_key, local_index)
                 kept.append(indices)
                 kept_features.append(features[image_index][indices])
                 image_index += 1
             sizes = [self.grid[0] * self.grid[1]] * len(kept)
-            rows[row_index] = drop_pruned_placeholders(rows[row_index], self.model.config.image_token_id, kept, sizes)
+            survivors = surviving_positions(rows[row_index], self.model.config.image_token_id, kept, sizes)
+            rows[row_index] = rows[row_index][survivors]
+            positions.append(survivors)
             kept_counts.append(sum(k.numel() for k in kept))
             total_counts.append(sum(sizes))
 
         if continuations is not None:
-            rows = [
-                torch.cat([row, torch.tensor(self.tok_encode(c), dtype=row.dtype)])
-                for row, c in zip(rows, continuations, strict=True)
-            ]
+            for i, continuation in enumerate(continuations):
+                tokens = torch.tensor(self.tok_encode(continuation), dtype=rows[i].dtype)
+                rows[i] = torch.cat([rows[i], tokens])
+                positions[i] = torch.cat([positions[i], positions[i][-1] + 1 + torch.arange(len(tokens))])
         input_ids, attention_mask = left_pad(rows, self.tokenizer.pad_token_id)
-        inputs: dict[str, Any] = {
-            "input_ids": input_ids.to(self.device),
-            "attention_mask": attention_mask.to(self.device),
-        }
+        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.pruning.positions == "original":
+            # generate() continues from the last prompt position, so decoding follows the original layout too.
+            inputs["position_ids"] = left_pad(positions, 0)[0]
+        inputs = {name: tensor.to(self.device) for name, tensor in inputs.items()}
         if kept_features:
             inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=kept_features)}
         return PreparedBatch(inputs, kept_counts, total_counts, [row.numel() for row in rows])

@@ -6,12 +6,19 @@ this module imports nothing heavy: class paths are strings, resolved only when a
 
 from lmms_eval.models.registry_v2 import ModelManifest
 
-# Chat classes answer generation tasks with prompts built as lmms-eval's chat llava_hf builds them; the simple
-# classes (lmms-eval --force_simple) also answer loglikelihood and multiple-choice tasks.
+
+def _manifest(model_id: str, module: str, class_name: str) -> ModelManifest:
+    # Chat classes answer generation tasks with prompts built as lmms-eval's own chat adapters build them; the
+    # simple classes (lmms-eval --force_simple) also answer loglikelihood and multiple-choice tasks.
+    return ModelManifest(
+        model_id=model_id,
+        simple_class_path=f"fopru_model_adapters.{module}.{class_name}",
+        chat_class_path=f"fopru_model_adapters.{module}.{class_name}Chat",
+    )
+
+
 MANIFESTS = [
-    ModelManifest(
-        model_id="llava_fopru",
-        simple_class_path="fopru_model_adapters.llava.LlavaFoPru",
-        chat_class_path="fopru_model_adapters.llava.LlavaFoPruChat",
-    ),
+    _manifest("llava_fopru", "llava", "LlavaFoPru"),
+    _manifest("qwen2_vl_fopru", "qwen_vl", "Qwen2VLFoPru"),
+    _manifest("qwen2_5_vl_fopru", "qwen_vl", "Qwen2_5_VLFoPru"),
 ]

@@ -18,6 +18,7 @@ from fopru_eval.config import PruningConfig, PruningConfigError
         ({"strategy": "rank", "keep_ratio": 0.5, "keep_tokens": 8}, "exclusive"),
         ({"strategy": "topk", "keep_ratio": 0.5}, "accepted values: rank, row, random, none"),
         ({"strategy": "rank", "keep_ratio": 0.5, "significance": "diag"}, "accepted values: auto, column, row"),
+        ({"strategy": "rank", "keep_ratio": 0.5, "positions": "absolute"}, "accepted values: compact, original"),
         ({"strategy": "rank"}, "needs a budget"),
         ({"strategy": "none", "keep_ratio": 0.5}, "strategy=none keeps every visual token"),
         ({"keep_ratio": 0.5}, "strategy is required; accepted values: rank, row, random, none"),

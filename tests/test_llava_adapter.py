@@ -70,7 +70,9 @@ def test_keep_ratio_one_equals_none(tiny_llava: Path) -> None:
         assert torch.equal(full, ours.model(**ours.prepare(prompts()).inputs).logits)
 
 
-def reference_pruned_logits(path: Path, prompt: Prompt, strategy: str, ratio: float) -> torch.Tensor:
+def reference_pruned_logits(
+    path: Path, prompt: Prompt, strategy: str, ratio: float, original_positions: bool = False
+) -> torch.Tensor:
     """Independent of the adapter: eager attention maps -> float64 significance -> numpy selection -> embeddings
     spliced by hand -> the language model on inputs_embeds."""
     model = LlavaForConditionalGeneration.from_pretrained(path, attn_implementation="eager").eval()
@@ -97,7 +99,13 @@ def reference_pruned_logits(path: Path, prompt: Prompt, strategy: str, ratio: fl
         sequence = torch.cat(
             [embed(ids[:start]), features[torch.from_numpy(kept)], embed(ids[start + len(placeholders) :])]
         )
-        hidden = model.model.language_model(inputs_embeds=sequence.unsqueeze(0)).last_hidden_state
+        positions = None
+        if original_positions:
+            after = torch.arange(start + len(placeholders), len(ids))
+            positions = torch.cat([torch.arange(start), start + torch.from_numpy(kept), after]).unsqueeze(0)
+        hidden = model.model.language_model(
+            inputs_embeds=sequence.unsqueeze(0), position_ids=positions
+        ).last_hidden_state
         return model.lm_head(hidden)
 
 
@@ -112,6 +120,43 @@ def test_pruned_run_equals_a_reference_over_only_the_kept_tokens(tiny_llava: Pat
     assert logits.shape == expected.shape
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
     assert batch.visual_tokens_kept == [36 * ratio // 1 if strategy == "rank" else 6 * int(6 * ratio)]
+
+
+def test_original_positions_keep_each_token_where_it_was(tiny_llava: Path) -> None:
+    compact = adapter(tiny_llava, strategy="rank", keep_ratio=0.25)
+    original = adapter(tiny_llava, strategy="rank", keep_ratio=0.25, positions="original")
+    prompt = prompts(1)[0]
+    with torch.inference_mode():
+        original_logits = original.model(**original.prepare([prompt]).inputs).logits
+        compact_logits = compact.model(**compact.prepare([prompt]).inputs).logits
+    expected = reference_pruned_logits(tiny_llava, prompt, "rank", 0.25, original_positions=True)
+    torch.testing.assert_close(original_logits, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(original_logits, compact_logits, atol=1e-4)
+
+
+def test_original_positions_carry_through_generation(tiny_llava: Path) -> None:
+    """Greedy generate() equals a step-by-step decode whose new tokens follow the last original position."""
+    ours = adapter(tiny_llava, strategy="row", keep_ratio=0.5, positions="original")
+    prompt = prompts(1)[0]
+    [answer] = ours._generate([prompt], {"max_new_tokens": 5})
+    with torch.inference_mode():
+        inputs = ours.prepare([prompt]).inputs
+        features = inputs.pop("mm_encoder_outputs")["image"].pooler_output[0]
+        ids, positions = inputs["input_ids"][0], inputs["position_ids"][0]
+        embeds = ours.model.get_input_embeddings()(ids)
+        embeds[ids == ours.model.config.image_token_id] = features
+        tokens = []
+        for _ in range(5):
+            logits = ours.model.model.language_model(inputs_embeds=embeds[None], position_ids=positions[None])
+            token = ours.model.lm_head(logits.last_hidden_state[0, -1]).argmax()
+            tokens.append(int(token))
+            if token == ours.eot_token_id:
+                break
+            embeds = torch.cat([embeds, ours.model.get_input_embeddings()(token)[None]])
+            positions = torch.cat([positions, positions[-1:] + 1])
+    assert answer.text == ours.tokenizer.decode(tokens, skip_special_tokens=True)
+    # 3 of 6 rows were dropped, so the last prompt token sits 18 positions beyond the pruned length.
+    assert int(inputs["position_ids"][0, -1]) == inputs["input_ids"].shape[1] - 1 + 18
 
 
 @pytest.mark.parametrize("strategy", ["rank", "row", "random", "none"])
