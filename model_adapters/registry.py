@@ -19,6 +19,7 @@ def _manifest(model_id: str, module: str, class_name: str) -> ModelManifest:
 
 MANIFESTS = [
     _manifest("llava_fopru", "llava", "LlavaFoPru"),
+    _manifest("llava_next_fopru", "llava_next", "LlavaNextFoPru"),
     _manifest("qwen2_vl_fopru", "qwen_vl", "Qwen2VLFoPru"),
     _manifest("qwen2_5_vl_fopru", "qwen_vl", "Qwen2_5_VLFoPru"),
 ]
