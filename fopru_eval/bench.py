@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,10 @@ import psutil
 import torch
 from lmms_eval.api.instance import Instance
 from PIL import Image, ImageDraw
+from transformers import CLIPVisionConfig, CLIPVisionModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from fopru_eval.capture import SignificanceCapture
 from fopru_eval.config import PruningConfig
 from fopru_eval.random_llava import MID, TINY, save_random_llava
 
@@ -160,6 +163,44 @@ def time_to_first_token(adapter: Any, prompts: list[Any]) -> tuple[float, float]
     return prepare_s + llm_s, llm_s
 
 
+def ideal_inputs(adapter: Any, prompts: list[Any], num_visual: int) -> dict[str, Any]:
+    """What a pruned run is held to: the same model given only ``num_visual`` tokens per image with no pruning
+    machinery (no significance hooks, no selection, no re-padding): the processor's own tokenization with that many
+    placeholders, and the first ``num_visual`` features of each image."""
+    processor, model = adapter.processor, adapter.model
+    token = processor.image_token
+    texts = [
+        processor.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False).replace(
+            token, token * num_visual
+        )
+        for p in prompts
+    ]
+    inputs = dict(processor.tokenizer(texts, padding=True, return_tensors="pt").to(adapter.device))
+    images = [image for p in prompts for image in p.images]
+    pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+    features = model.get_image_features(pixel_values=pixel_values.to(adapter.device, model.dtype)).pooler_output
+    kept = [image_features[:num_visual] for image_features in features]
+    inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=kept)}
+    return inputs
+
+
+def ideal_times(adapter: Any, prompts: list[Any], num_visual: int, max_new_tokens: int) -> tuple[float, float]:
+    """Seconds to the first token and end to end, for one batch of the ideal; it generates every token it may,
+    so it never finishes early by chance."""
+    with torch.inference_mode():
+        prepare_s, inputs = timed(lambda: ideal_inputs(adapter, prompts, num_visual), adapter.device)
+        llm_s, _ = timed(partial(adapter.model, **inputs, use_cache=True, logits_to_keep=1), adapter.device)
+        generation = adapter._generation_config({"max_new_tokens": max_new_tokens})
+        generate = partial(adapter.model.generate, **inputs, **generation, min_new_tokens=max_new_tokens)
+        end_to_end_s, _ = timed(lambda: (ideal_inputs(adapter, prompts, num_visual), generate()), adapter.device)
+    return prepare_s + llm_s, end_to_end_s
+
+
+def visual_tokens_per_image(config: PruningConfig, grid: tuple[int, int]) -> int:
+    rows, cols = grid
+    return config.rows_to_keep(rows, cols) * cols if config.strategy == "row" else config.tokens_to_keep(rows * cols)
+
+
 def sweep(adapter: Any, docs: list[dict], configs: list[PruningConfig], args: argparse.Namespace) -> list[dict]:
     """Per config: peak memory, prefill, LLM prefill and end-to-end seconds per sample, token counts."""
     # Memory in passes of its own, before any timing (see rss_follows_tensors), and never while timing, as the
@@ -178,7 +219,8 @@ def sweep(adapter: Any, docs: list[dict], configs: list[PruningConfig], args: ar
     # The adapter's own request -> prompt path, so the prefill sees exactly what generate_until sees.
     prompts = [adapter.generation_prompt(r)[0] for r in chat_requests(docs, args.max_new_tokens)]
     batches = [prompts[i : i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
-    times = {config: {"prefill_s": [], "llm_prefill_s": [], "end_to_end_s": []} for config in configs}
+    measures = ("prefill_s", "llm_prefill_s", "end_to_end_s", "ideal_prefill_s", "ideal_end_to_end_s")
+    times = {config: {name: [] for name in measures} for config in configs}
     answers = {}
     for round_index in range(args.warmup + args.repeats):
         for config in configs:
@@ -186,10 +228,14 @@ def sweep(adapter: Any, docs: list[dict], configs: list[PruningConfig], args: ar
             first_token = [time_to_first_token(adapter, batch) for batch in batches]
             requests = chat_requests(docs, args.max_new_tokens)
             end_to_end, answers[config] = timed(lambda r=requests: adapter.generate_until(r), adapter.device)
+            num_visual = visual_tokens_per_image(config, adapter.grid)
+            ideal = [ideal_times(adapter, batch, num_visual, args.max_new_tokens) for batch in batches]
             if round_index >= args.warmup:
                 times[config]["prefill_s"].append(sum(t for t, _ in first_token) / len(docs))
                 times[config]["llm_prefill_s"].append(sum(t for _, t in first_token) / len(docs))
                 times[config]["end_to_end_s"].append(end_to_end / len(docs))
+                times[config]["ideal_prefill_s"].append(sum(t for t, _ in ideal) / len(docs))
+                times[config]["ideal_end_to_end_s"].append(sum(t for _, t in ideal) / len(docs))
 
     rows = []
     for config in configs:
@@ -210,30 +256,59 @@ def sweep(adapter: Any, docs: list[dict], configs: list[PruningConfig], args: ar
         for key in ("prefill_s", "llm_prefill_s", "end_to_end_s", "peak_memory_mib"):
             baseline = rows[0][key]
             row[key.rsplit("_", 1)[0] + "_vs_none"] = row[key] / baseline if baseline > 0 else float("nan")
+        row["prefill_vs_ideal"] = row["prefill_s"] / row["ideal_prefill_s"]
+        row["end_to_end_vs_ideal"] = row["end_to_end_s"] / row["ideal_end_to_end_s"]
+        # Decoding cost per generated token, once the prompt is in the cache.
+        row["decode_per_token_s"] = (row["end_to_end_s"] - row["prefill_s"]) / max(row["output_tokens"], 1)
     return rows
 
 
-def significance_cost(adapter: Any, docs: list[dict], args: argparse.Namespace) -> dict[str, float]:
-    """The vision tower on one batch with significance hooks (strategy=rank) and without (strategy=none)."""
-    images = [doc["image"] for doc in docs]
-    pixels = adapter.processor.image_processor(images, return_tensors="pt").pixel_values
-    pixels = pixels.to(adapter.device, adapter.model.dtype)
-    configs = {"with": PruningConfig("rank", keep_ratio=0.5), "without": PruningConfig("none")}
-    seconds: dict[str, list[float]] = {name: [] for name in configs}
+def capture_overhead(
+    forward: Callable[[], Any], capture: Callable[[], Any], images: int, device: torch.device, args: argparse.Namespace
+) -> dict[str, float]:
+    """A vision tower's forward with the significance hooks active and without, interleaved; medians."""
+    seconds: dict[str, list[float]] = {"with": [], "without": []}
     for round_index in range(args.warmup + args.repeats):
-        for name, config in configs.items():
-            adapter.pruning = config
-            with torch.inference_mode():
-                elapsed, _ = timed(lambda: adapter.encode_images(pixels), adapter.device)
+        for name in seconds:
+            with capture() if name == "with" else nullcontext(), torch.inference_mode():
+                elapsed, _ = timed(forward, device)
             if round_index >= args.warmup:
                 seconds[name].append(elapsed)
     with_s, without_s = statistics.median(seconds["with"]), statistics.median(seconds["without"])
     return {
-        "images": len(docs),
+        "images": images,
         "tower_s": without_s,
         "tower_with_significance_s": with_s,
         "overhead": (with_s - without_s) / without_s,
     }
+
+
+def significance_cost(adapter: Any, docs: list[dict], args: argparse.Namespace) -> dict[str, float]:
+    """On the benchmark model's own tower: the same hooks the adapter installs for rank and row."""
+    images = [doc["image"] for doc in docs]
+    pixels = adapter.processor.image_processor(images, return_tensors="pt").pixel_values
+    pixels = pixels.to(adapter.device, adapter.model.dtype)
+    forward = partial(adapter.model.get_image_features, pixel_values=pixels)
+    return capture_overhead(forward, adapter._significance_capture, len(images), adapter.device, args)
+
+
+def significance_cost_clip_large(device: torch.device, args: argparse.Namespace) -> dict[str, float]:
+    """On LLaVA-1.5's own tower, CLIP ViT-L/14 at 336 px (random weights): the cost at the size users run, where
+    the one recomputed map is a small part of 24 wide layers, unlike in a small benchmark tower."""
+    config = CLIPVisionConfig(
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=336,
+        patch_size=14,
+    )  # fmt: skip
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    tower = CLIPVisionModel(config).to(device, dtype).eval()
+    attention = tower.encoder.layers[22].self_attn  # the layer LLaVA-1.5 reads (vision_feature_layer=-2)
+    images = 8 if device.type == "cuda" else 2
+    pixels = torch.randn(images, 3, 336, 336, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+
+    def capture() -> SignificanceCapture:
+        return SignificanceCapture(attention.q_proj, attention.k_proj, attention.num_heads, attention.scale, 1, "auto")
+
+    return capture_overhead(partial(tower, pixels), capture, images, device, args)
 
 
 def compare_llava_hf(adapter: Any, path: Path, docs: list[dict], args: argparse.Namespace) -> dict[str, Any]:
@@ -311,6 +386,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         }
         result["sweep"] = sweep(adapter, docs, configs, args)  # first: memory needs an unfragmented heap
         result["significance"] = significance_cost(adapter, docs, args)
+        if args.clip_large:
+            result["significance_clip_large"] = significance_cost_clip_large(adapter.device, args)
         if args.compare:
             result["llava_hf"] = compare_llava_hf(adapter, path, docs, args)
     result["total_s"] = time.perf_counter() - started
@@ -331,24 +408,44 @@ def format_tables(result: dict[str, Any]) -> str:
         f"batch size {s['batch_size']}, max_new_tokens {s['max_new_tokens']}; times per sample, median of "
         f"{s['repeats']} rounds after {s['warmup']} warm-up; x none: ratio to strategy=none in this run.",
         "",
-        "| config | visual tokens | prefill ms | x none | LLM prefill ms | x none | end-to-end ms | x none "
-        "| output tokens | peak memory MiB | x none |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| config | visual tokens | prefill ms | x none | LLM prefill ms | x none | decode ms/token "
+        "| end-to-end ms | x none | output tokens | peak memory MiB | x none |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["sweep"]:
         lines.append(
             f"| {r['config']} | {r['visual_tokens_kept']:g} / {r['visual_tokens_total']:g} "
             f"| {r['prefill_s'] * 1e3:.1f} | {r['prefill_vs_none']:.2f} "
-            f"| {r['llm_prefill_s'] * 1e3:.1f} | {r['llm_prefill_vs_none']:.2f} "
+            f"| {r['llm_prefill_s'] * 1e3:.1f} | {r['llm_prefill_vs_none']:.2f} | {r['decode_per_token_s'] * 1e3:.1f} "
             f"| {r['end_to_end_s'] * 1e3:.1f} | {r['end_to_end_vs_none']:.2f} | {r['output_tokens']:g} "
             f"| {r['peak_memory_mib']:.1f} | {r['peak_memory_vs_none']:.2f} |"
         )
     lines += [
         "",
-        f"Significance cost: the vision tower on a batch of {sig['images']} images takes "
-        f"{sig['tower_s'] * 1e3:.1f} ms without hooks, {sig['tower_with_significance_s'] * 1e3:.1f} ms with: "
-        f"{sig['overhead']:+.1%} of the tower's own time.",
+        "Against the ideal: the same model given only that many visual tokens, with no pruning machinery "
+        "(first-k features, placeholders straight from the processor; it always generates max_new_tokens).",
+        "",
+        "| config | prefill ms | ideal ms | x ideal | end-to-end ms | ideal ms | x ideal |",
+        "|---|---|---|---|---|---|---|",
     ]
+    for r in result["sweep"]:
+        lines.append(
+            f"| {r['config']} | {r['prefill_s'] * 1e3:.1f} | {r['ideal_prefill_s'] * 1e3:.1f} "
+            f"| {r['prefill_vs_ideal']:.2f} | {r['end_to_end_s'] * 1e3:.1f} | {r['ideal_end_to_end_s'] * 1e3:.1f} "
+            f"| {r['end_to_end_vs_ideal']:.2f} |"
+        )
+    lines += [
+        "",
+        "| significance cost | images | tower ms | with significance ms | share of the tower's time |",
+        "|---|---|---|---|---|",
+    ]
+    towers = {"this model's tower": sig, "CLIP ViT-L/14-336 (LLaVA-1.5's)": result.get("significance_clip_large")}
+    for name, cost in towers.items():
+        if cost is not None:
+            lines.append(
+                f"| {name} | {cost['images']} | {cost['tower_s'] * 1e3:.1f} "
+                f"| {cost['tower_with_significance_s'] * 1e3:.1f} | {cost['overhead']:+.1%} |"
+            )
     if "llava_hf" in result:
         c = result["llava_hf"]
         lines += [
@@ -392,6 +489,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     parser.add_argument("--no-compare", dest="compare", action="store_false", help="skip the llava_hf run")
+    parser.add_argument(
+        "--no-clip-large", dest="clip_large", action="store_false",
+        help="skip the significance cost on a full-size CLIP ViT-L/14-336 tower",
+    )  # fmt: skip
     parser.set_defaults(run=run)
 
 

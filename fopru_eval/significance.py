@@ -16,10 +16,11 @@ def head_averaged_attention(queries: torch.Tensor, keys: torch.Tensor, num_heads
     """
     batch, tokens, width = queries.shape
     head_dim = width // num_heads
-    q = queries.reshape(batch, tokens, num_heads, head_dim).transpose(1, 2)
+    # Scaling the (tokens x width) queries is cheaper than scaling the (heads x tokens x tokens) scores, and the
+    # softmax upcasts as it reads, so no float32 copy of the scores is made first.
+    q = (queries * scale).reshape(batch, tokens, num_heads, head_dim).transpose(1, 2)
     k = keys.reshape(batch, tokens, num_heads, head_dim).transpose(1, 2)
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
-    return scores.softmax(dim=-1).mean(dim=1)
+    return torch.matmul(q, k.transpose(-1, -2)).softmax(dim=-1, dtype=torch.float32).mean(dim=1)
 
 
 def patch_significance(attention: torch.Tensor, num_prefix_tokens: int, mode: str = "auto") -> torch.Tensor:

@@ -11,15 +11,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 CONFIGS = ["none", "rank@1", "rank@0.5", "rank@0.25", "rank@0.11", "row@1", "row@0.5", "row@0.25", "row@0.11"]
-TIMES = ["prefill_s", "llm_prefill_s", "end_to_end_s"]
+TIMES = ["prefill_s", "llm_prefill_s", "end_to_end_s", "ideal_prefill_s", "ideal_end_to_end_s", "decode_per_token_s"]
 RATIOS = ["prefill_vs_none", "llm_prefill_vs_none", "end_to_end_vs_none"]
+IDEAL_RATIOS = ["prefill_vs_ideal", "end_to_end_vs_ideal"]
 
 
 def test_bench_tiny_reports_every_row_and_column(tmp_path, capsys):
     from fopru_eval.cli import main
 
     output = tmp_path / "bench.json"
-    argv = ["bench", "--size", "tiny", "--samples", "2", "--max-new-tokens", "2", "--repeats", "1"]
+    argv = ["bench", "--size", "tiny", "--samples", "2", "--max-new-tokens", "2", "--repeats", "1", "--no-clip-large"]
     assert main([*argv, "--output", str(output)]) == 0
     printed = capsys.readouterr().out
     result = json.loads(output.read_text())
@@ -40,7 +41,7 @@ def test_bench_tiny_reports_every_row_and_column(tmp_path, capsys):
     assert list(rows) == CONFIGS
     for name, row in rows.items():
         assert f"| {name} |" in printed
-        for key in [*TIMES, *RATIOS, "visual_tokens_kept", "output_tokens"]:
+        for key in [*TIMES, *RATIOS, *IDEAL_RATIOS, "visual_tokens_kept", "output_tokens"]:
             assert math.isfinite(row[key]) and row[key] > 0, (name, key, row[key])
         # A tiny model's working set may fit in memory the process already holds: zero is a fair reading.
         assert math.isfinite(row["peak_memory_mib"]) and row["peak_memory_mib"] >= 0
@@ -55,7 +56,7 @@ def test_bench_tiny_reports_every_row_and_column(tmp_path, capsys):
     for key in ["tower_s", "tower_with_significance_s"]:
         assert math.isfinite(significance[key]) and significance[key] > 0
     assert math.isfinite(significance["overhead"])
-    assert "Significance cost" in printed
+    assert "significance cost" in printed
 
     compare = result["llava_hf"]
     for key in ["ours_end_to_end_s", "llava_hf_end_to_end_s", "ours_vs_llava_hf"]:
