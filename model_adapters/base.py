@@ -98,6 +98,7 @@ class FoPruLMM(lmms):
             accepted = ", ".join((*own, *PRUNING_ARGS))
             raise ValueError(f"{self.model_name}: unknown model args {sorted(unknown)}; accepted: {accepted}")
         self.batch_size_per_gpu = _positive_int("batch_size", batch_size)
+        torch_dtype = _torch_dtype(dtype)
         self.use_cache = bool(use_cache)
         self.check_checkpoint(pretrained, revision=revision, trust_remote_code=trust_remote_code)
 
@@ -119,7 +120,7 @@ class FoPruLMM(lmms):
         self.load(
             pretrained,
             revision=revision,
-            dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+            dtype=torch_dtype,
             device_map=device_map,
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
@@ -161,14 +162,6 @@ class FoPruLMM(lmms):
     # ----- lmms-eval plumbing --------------------------------------------------------------------------------------
 
     @property
-    def model(self) -> torch.nn.Module:
-        return self._model
-
-    @model.setter
-    def model(self, value: torch.nn.Module) -> None:
-        self._model = value
-
-    @property
     def batch_size(self) -> int:
         return self.batch_size_per_gpu
 
@@ -185,6 +178,14 @@ class FoPruLMM(lmms):
 
     def tok_decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens)
+
+    # lmms-eval's evaluator calls clean() at the end of every evaluation, which deletes the model's modules; a sweep
+    # (fopru_eval/sweep.py) sets keep_loaded so that one loaded model serves all its pruning configs.
+    keep_loaded = False
+
+    def clean(self) -> None:
+        if not self.keep_loaded:
+            super().clean()
 
     # ----- requests -> prompts -------------------------------------------------------------------------------------
 
@@ -447,6 +448,15 @@ def _positive_int(name: str, value: Any) -> int:
     if number < 1 or str(value).strip() != str(number):
         raise ValueError(f"{name}={value!r} is not supported; accepted values: integers >= 1 ('auto' is not supported)")
     return number
+
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def _torch_dtype(dtype: str) -> str | torch.dtype:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; accepted values: {', '.join(DTYPES)}")
+    return dtype if dtype == "auto" else getattr(torch, dtype)
 
 
 def random_seed_for(seed: int, doc_key: str, image_index: int) -> int:

@@ -240,6 +240,7 @@ def test_loglikelihood_is_the_mean_token_loss_of_the_continuation(tiny_llava: Pa
         ({"strategy": "prune", "keep_ratio": 0.5}, "accepted values: rank, row, random, none"),
         ({"strategy": "rank", "keep_ratio": 0.5, "significance": "max"}, "accepted values: auto, column, row"),
         ({"strategy": "rank", "keep_ratio": 0.5, "batch_size": "auto"}, "batch_size='auto'"),
+        ({"strategy": "rank", "keep_ratio": 0.5, "dtype": "bf16"}, "accepted values: auto, float32, float16, bfloat16"),
         ({"strategy": "rank", "keep_ratio": 0.5, "keep_raito": 0.5}, r"unknown model args \['keep_raito'\]"),
     ],
 )
