@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fopru_eval import bench
+from fopru_eval import bench, sweep
 from fopru_eval.random_llava import MID, TINY, save_random_llava
 
 
@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     bench.add_arguments(commands.add_parser("bench", help=bench.__doc__.splitlines()[0]))
+    sweep.add_arguments(commands.add_parser("sweep", help=sweep.__doc__.splitlines()[0]))
 
     random_llava = commands.add_parser(
         "make-random-llava", help="save a random-weight LLaVA checkpoint, built offline, to try the adapters on"

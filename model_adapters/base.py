@@ -7,6 +7,7 @@ and implements ``prepare``: images -> vision tower -> significance -> selection 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import itertools
 import json
@@ -67,6 +68,15 @@ class PreparedBatch:
     visual_tokens_total: list[int]
     input_tokens: list[int]
 
+    def token_counts(self, i: int, output_tokens: int | None = None) -> VisualTokenCounts:
+        """Sample i's counts. An adapter whose batches know more (LLaVA-NeXT's newline tokens) returns a subclass."""
+        return VisualTokenCounts(
+            input_tokens=self.input_tokens[i],
+            output_tokens=output_tokens,
+            visual_tokens_kept=self.visual_tokens_kept[i],
+            visual_tokens_total=self.visual_tokens_total[i],
+        )
+
 
 class FoPruLMM(lmms):
     """Shared request handling for the FoPru adapters. Subclasses set ``model_name`` and implement
@@ -103,19 +113,24 @@ class FoPruLMM(lmms):
         self.check_checkpoint(pretrained, revision=revision, trust_remote_code=trust_remote_code)
 
         self.accelerator = Accelerator()
-        self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
+        # Under torchrun on CPUs accelerate reports a single process (MULTI_CPU needs cpu=True), while lmms-eval's
+        # evaluator shards requests by the launcher's environment: follow the environment, as it does.
+        self._rank = int(os.environ.get("RANK", self.accelerator.process_index))
+        self._world_size = int(os.environ.get("WORLD_SIZE", self.accelerator.num_processes))
         if self._world_size > 1:
             # Data parallel: every process holds a full copy of the model and scores its share of the requests.
-            if self.accelerator.distributed_type not in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+            supported = (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
+            if self.accelerator.distributed_type not in supported:
                 raise ValueError(
                     f"{self.model_name} runs data parallel (one model copy per process); distributed type "
                     f"{self.accelerator.distributed_type} is not supported: use MULTI_GPU or MULTI_CPU"
                 )
-            device_map = device_map or str(self.accelerator.device)
-            self._device = self.accelerator.device
+            local_rank = int(os.environ.get("LOCAL_RANK", self.accelerator.local_process_index))
+            self._device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
         else:
             self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            device_map = device_map or str(self._device)
+        device_map = device_map or str(self._device)
+        eval_logger.info(f"{self.model_name}: rank {self._rank} of {self._world_size} on {self._device}")
 
         self.load(
             pretrained,
@@ -258,15 +273,7 @@ class FoPruLMM(lmms):
             additional_metrics=_visual_token_metrics(batch),
         )
         return [
-            GenerationResult(
-                text=text,
-                token_counts=VisualTokenCounts(
-                    input_tokens=batch.input_tokens[i],
-                    output_tokens=output_tokens[i],
-                    visual_tokens_kept=batch.visual_tokens_kept[i],
-                    visual_tokens_total=batch.visual_tokens_total[i],
-                ),
-            )
+            GenerationResult(text=text, token_counts=batch.token_counts(i, output_tokens[i]))
             for i, text in enumerate(texts)
         ]
 
@@ -345,11 +352,7 @@ class FoPruLMM(lmms):
             row = logits[i, logits.shape[1] - len(target) :]
             loss = -row.log_softmax(dim=-1).gather(-1, target_ids.unsqueeze(-1)).mean().item()
             is_greedy = bool((row.argmax(dim=-1) == target_ids).all())
-            counts = VisualTokenCounts(
-                input_tokens=batch.input_tokens[i],
-                visual_tokens_kept=batch.visual_tokens_kept[i],
-                visual_tokens_total=batch.visual_tokens_total[i],
-            )
+            counts = batch.token_counts(i)
             results.append(GenerationResult(text=(loss, is_greedy), token_counts=counts))  # type: ignore[arg-type]
         return results
 
@@ -372,11 +375,11 @@ class FoPruLMM(lmms):
             doc = self._doc(task, split, doc_id)
             outputs: list[str] = []
             round_info = None
-            counts = VisualTokenCounts(input_tokens=0, output_tokens=0, visual_tokens_kept=0, visual_tokens_total=0)
+            counts: TokenCounts | None = None
             for round_idx in itertools.count(1):
                 answer = self._generate([prompt], gen_kwargs)[0]
                 outputs.append(answer.text)
-                _accumulate(counts, answer.token_counts)
+                counts = _add_counts(counts, answer.token_counts)
                 if self.is_simple:
                     visuals, next_ctx, terminal, outputs, round_info = doc_to_text(
                         doc, previous_output=outputs, round_idx=round_idx, previous_round_info=round_info
@@ -432,12 +435,15 @@ def _visual_token_metrics(batch: PreparedBatch) -> dict[str, float]:
     }
 
 
-def _accumulate(total: VisualTokenCounts, counts: TokenCounts | None) -> None:
-    if isinstance(counts, VisualTokenCounts):
-        total.input_tokens += counts.input_tokens or 0
-        total.output_tokens += counts.output_tokens or 0
-        total.visual_tokens_kept += counts.visual_tokens_kept or 0
-        total.visual_tokens_total += counts.visual_tokens_total or 0
+def _add_counts(total: TokenCounts | None, counts: TokenCounts | None) -> TokenCounts | None:
+    """Field-wise sum of two rounds' counts (of the same class); a field missing in both stays missing."""
+    if total is None or counts is None:
+        return counts if total is None else total
+    summed = {}
+    for field in dataclasses.fields(total):
+        mine, theirs = getattr(total, field.name), getattr(counts, field.name)
+        summed[field.name] = None if mine is None and theirs is None else (mine or 0) + (theirs or 0)
+    return type(total)(**summed)
 
 
 def _positive_int(name: str, value: Any) -> int:

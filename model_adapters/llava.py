@@ -24,28 +24,33 @@ class LlavaFoPru(FoPruLMM):
 
     model_name = "llava_fopru"
 
+    # What a subclass for another LLaVA family changes.
+    model_type = "llava"
+    model_class: type = LlavaForConditionalGeneration
+    example_checkpoint = "llava-hf/llava-1.5-7b-hf"
+
     def check_checkpoint(self, pretrained: str, **kwargs: Any) -> None:
         config = AutoConfig.from_pretrained(pretrained, **kwargs)
-        if config.model_type != "llava":
+        if config.model_type != self.model_type:
             raise ValueError(
-                f"{self.model_name}: pretrained={pretrained} is a {config.model_type!r} checkpoint; "
-                "llava_fopru wraps LlavaForConditionalGeneration checkpoints (model_type 'llava', e.g. "
-                "llava-hf/llava-1.5-7b-hf)"
+                f"{self.model_name}: pretrained={pretrained} is a {config.model_type!r} checkpoint; {self.model_name} "
+                f"wraps {self.model_class.__name__} checkpoints (model_type {self.model_type!r}, e.g. "
+                f"{self.example_checkpoint})"
             )
         if config.vision_config.model_type != "clip_vision_model":
             raise ValueError(
                 f"{self.model_name}: pretrained={pretrained} has a {config.vision_config.model_type!r} vision tower; "
-                "llava_fopru supports CLIP vision towers (clip_vision_model)"
+                f"{self.model_name} supports CLIP vision towers (clip_vision_model)"
             )
         if config.vision_feature_select_strategy != "default":
             raise ValueError(
                 f"{self.model_name}: vision_feature_select_strategy={config.vision_feature_select_strategy!r} is "
-                "not supported; accepted values: default (the CLS token is dropped, as in LLaVA-1.5)"
+                "not supported; accepted values: default (the CLS token is dropped, as in LLaVA)"
             )
 
     def load(self, pretrained: str, **kwargs: Any) -> None:
         revision, trust_remote_code = kwargs["revision"], kwargs["trust_remote_code"]
-        self.model = LlavaForConditionalGeneration.from_pretrained(pretrained, **kwargs).eval()
+        self.model = self.model_class.from_pretrained(pretrained, **kwargs).eval()
         self.processor = AutoProcessor.from_pretrained(
             pretrained, revision=revision, trust_remote_code=trust_remote_code
         )
@@ -53,6 +58,7 @@ class LlavaFoPru(FoPruLMM):
         self._config = self.model.config
 
         vision = self.model.config.vision_config
+        # The patch grid of one tower view.
         self.grid = (vision.image_size // vision.patch_size, vision.image_size // vision.patch_size)
         self.attention = self._feature_layer_attention()
 
@@ -120,6 +126,17 @@ class LlavaFoPru(FoPruLMM):
             kept_counts.append(sum(k.numel() for k in kept))
             total_counts.append(sum(sizes))
 
+        inputs = self._model_inputs(rows, positions, kept_features, continuations)
+        return PreparedBatch(inputs, kept_counts, total_counts, [row.numel() for row in rows])
+
+    def _model_inputs(
+        self,
+        rows: list[torch.Tensor],
+        positions: list[torch.Tensor],
+        kept_features: list[torch.Tensor],
+        continuations: list[str] | None,
+    ) -> dict[str, Any]:
+        """The pruned sequences (plus any continuations) padded into a batch, with the kept image features."""
         if continuations is not None:
             for i, continuation in enumerate(continuations):
                 tokens = torch.tensor(self.tok_encode(continuation), dtype=rows[i].dtype)
@@ -133,7 +150,7 @@ class LlavaFoPru(FoPruLMM):
         inputs = {name: tensor.to(self.device) for name, tensor in inputs.items()}
         if kept_features:
             inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=kept_features)}
-        return PreparedBatch(inputs, kept_counts, total_counts, [row.numel() for row in rows])
+        return inputs
 
 
 class LlavaFoPruChat(LlavaFoPru):

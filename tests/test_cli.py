@@ -154,6 +154,8 @@ def test_two_processes_give_the_single_process_results(tiny_llava: Path, tmp_pat
     double = lmms_eval(args, tmp_path / "double", processes=2)
     assert single.returncode == 0 and double.returncode == 0, double.stdout[-3000:] + double.stderr[-3000:]
     assert "terminate called" not in double.stderr
+    log = double.stdout + double.stderr
+    assert "llava_fopru: rank 0 of 2 on cpu" in log and "llava_fopru: rank 1 of 2 on cpu" in log
     (single_results, single_samples), (double_results, double_samples) = (
         results_of(tmp_path / "single"),
         results_of(tmp_path / "double"),
