@@ -9,6 +9,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -18,6 +21,7 @@ from fopru_eval.random_llava import save_random_llava  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS_DIR = REPO / "tasks"
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +39,26 @@ def draw_image(color: str, box: tuple[int, int, int, int], size: tuple[int, int]
 def user_turn(text: str, images: list[Image.Image]) -> list[dict]:
     content = [{"type": "image", "url": image} for image in images] + [{"type": "text", "text": text}]
     return [{"role": "user", "content": content}]
+
+
+def lmms_eval(
+    args: list[str], output: Path, processes: int = 1, include: Path = TASKS_DIR
+) -> subprocess.CompletedProcess:
+    """The lmms-eval CLI (or torchrun over it) in a subprocess, offline, with samples logged under ``output``."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("TOKENIZERS_PARALLELISM", None)  # the adapter must cope without it
+    launcher = [str(BIN / "lmms-eval")]
+    if processes > 1:
+        launcher = [str(BIN / "torchrun"), f"--nproc_per_node={processes}", "--master_port=29517", "-m", "lmms_eval"]
+    command = launcher + args + ["--include_path", str(include), "--output_path", str(output), "--log_samples"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=output.parent)
+
+
+def results_of(output: Path) -> tuple[dict, dict[str, list[dict]]]:
+    """The results JSON and, per task, the logged samples sorted by doc id, of one lmms-eval run."""
+    [results_file] = output.glob("*/*_results.json")
+    samples = {}
+    for path in output.glob("*/*_samples_*.jsonl"):
+        task = path.stem.split("_samples_", 1)[1]
+        samples[task] = sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda s: s["doc_id"])
+    return json.loads(results_file.read_text()), samples

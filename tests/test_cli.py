@@ -2,40 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from transformers import AutoProcessor
 
-from conftest import TASKS_DIR, draw_image, user_turn
+from conftest import TASKS_DIR, draw_image, lmms_eval, results_of, user_turn
 
-BIN = Path(sys.executable).parent
 IMAGE = draw_image("red", (0, 0, 8, 8))  # any image: only the placeholder count matters
-
-
-def lmms_eval(
-    args: list[str], output: Path, processes: int = 1, include: Path = TASKS_DIR
-) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("TOKENIZERS_PARALLELISM", None)  # the adapter must cope without it
-    launcher = [str(BIN / "lmms-eval")]
-    if processes > 1:
-        launcher = [str(BIN / "torchrun"), f"--nproc_per_node={processes}", "--master_port=29517", "-m", "lmms_eval"]
-    command = launcher + args + ["--include_path", str(include), "--output_path", str(output), "--log_samples"]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=output.parent)
-
-
-def results_of(output: Path) -> tuple[dict, dict[str, list[dict]]]:
-    [results_file] = output.glob("*/*_results.json")
-    samples = {}
-    for path in output.glob("*/*_samples_*.jsonl"):
-        task = path.stem.split("_samples_", 1)[1]
-        samples[task] = sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda s: s["doc_id"])
-    return json.loads(results_file.read_text()), samples
 
 
 def test_the_adapters_resolve_through_the_entry_point() -> None:

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 from lmms_eval.api.instance import Instance
-from test_cli import lmms_eval, results_of
 from transformers import AutoProcessor, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
 from transformers.image_processing_utils import select_best_resolution
 
-from conftest import draw_image, user_turn
+from conftest import draw_image, lmms_eval, results_of, user_turn
 from fopru_eval.anyres import NEWLINE, AnyresLayout
 from fopru_eval.config import PruningConfigError
 from fopru_eval.random_llava_next import save_random_llava_next
