@@ -14,11 +14,10 @@ def unpad(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.T
     return [ids[mask.bool()] for ids, mask in zip(input_ids, attention_mask, strict=True)]
 
 
-def surviving_positions(
+def kept_token_mask(
     ids: torch.Tensor, placeholder_id: int, kept: list[torch.Tensor], tokens_per_image: list[int]
 ) -> torch.Tensor:
-    """Positions in one unpadded sequence that survive pruning: every text token, and the placeholders of kept
-    visual tokens.
+    """Which tokens of one unpadded sequence stay: every text token, and the placeholders of kept visual tokens.
 
     The sequence's placeholders belong to its images in order: the first ``tokens_per_image[0]`` to the first
     image, and so on. ``kept[i]`` holds the indices (within image i) of the tokens that stay.
@@ -29,13 +28,19 @@ def surviving_positions(
             f"the sequence has {positions.numel()} image placeholders, but its images have "
             f"{sum(tokens_per_image)} visual tokens"
         )
-    keep = torch.ones_like(ids, dtype=torch.bool)
-    keep[positions] = False
+    keep = ids != placeholder_id
     offset = 0
     for indices, count in zip(kept, tokens_per_image, strict=True):
         keep[positions[offset + indices.to(positions.device)]] = True
         offset += count
-    return keep.nonzero().flatten()
+    return keep
+
+
+def surviving_positions(
+    ids: torch.Tensor, placeholder_id: int, kept: list[torch.Tensor], tokens_per_image: list[int]
+) -> torch.Tensor:
+    """Positions in one unpadded sequence that survive pruning (see ``kept_token_mask``), ascending."""
+    return kept_token_mask(ids, placeholder_id, kept, tokens_per_image).nonzero().flatten()
 
 
 def drop_pruned_placeholders(

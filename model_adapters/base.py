@@ -104,8 +104,7 @@ class FoPruLMM(lmms):
         # Every argument is checked before any weights load, so a typo costs seconds, not a model load.
         self.pruning, unknown = PruningConfig.from_model_args(kwargs)
         if unknown:
-            own = [name for name in inspect.signature(FoPruLMM.__init__).parameters if name not in ("self", "kwargs")]
-            accepted = ", ".join((*own, *PRUNING_ARGS))
+            accepted = ", ".join((*_init_arguments(type(self)), *PRUNING_ARGS))
             raise ValueError(f"{self.model_name}: unknown model args {sorted(unknown)}; accepted: {accepted}")
         self.batch_size_per_gpu = _positive_int("batch_size", batch_size)
         torch_dtype = _torch_dtype(dtype)
@@ -454,6 +453,16 @@ def _positive_int(name: str, value: Any) -> int:
     if number < 1 or str(value).strip() != str(number):
         raise ValueError(f"{name}={value!r} is not supported; accepted values: integers >= 1 ('auto' is not supported)")
     return number
+
+
+def _init_arguments(cls: type) -> list[str]:
+    """The named arguments of ``cls.__init__`` and of every FoPru class above it, e.g. Qwen's pixel limits."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if issubclass(klass, FoPruLMM) and "__init__" in vars(klass):
+            params = inspect.signature(klass.__init__).parameters
+            names += [name for name in params if name not in ("self", "kwargs", *names)]
+    return names
 
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")

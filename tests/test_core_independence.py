@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-CORE = ["config", "significance", "selection", "capture", "sequence", "anyres"]
+CORE = [
+    "config", "significance", "selection", "capture", "sequence", "anyres", "packed_significance", "packed_capture",
+    "mrope",
+]  # fmt: skip
 
 
 def test_the_core_imports_with_lmms_eval_unavailable() -> None:

@@ -1,0 +1,115 @@
+"""Token significance for vision towers that pack a batch's images into one sequence (Qwen2-VL, Qwen2.5-VL).
+
+Such a tower has no CLS token, runs every image's patches as one sequence split by ``cu_seqlens`` (attention never
+crosses images in a full-attention block), rotates queries and keys with a 2-D rotary embedding, and its merger
+turns each 2 x 2 group of neighbouring patches (consecutive in the sequence) into one LLM token. From one block's
+fused qkv projection, this module computes FoPru's significance per image and pools it to one score per LLM token.
+
+Everything here is pure tensor code: it knows nothing about any model or about lmms-eval.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def rotate_queries_and_keys(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries and keys, each (tokens, num_heads, head_dim), as the block attends with them.
+
+    qkv: (tokens, 3 * num_heads * head_dim), the fused projection's output; cos, sin: (tokens, head_dim), the block's
+    rotary embedding. The rotation runs in float32 and the result returns to the model's dtype, as in the Qwen-VL
+    vision attention (``apply_rotary_pos_emb_vision``).
+    """
+    tokens = qkv.shape[0]
+    queries, keys, _ = qkv.reshape(tokens, 3, num_heads, -1).unbind(1)
+    cos, sin = cos.unsqueeze(-2).float(), sin.unsqueeze(-2).float()
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.float().chunk(2, dim=-1)
+        return (x.float() * cos + torch.cat((-x2, x1), dim=-1) * sin).to(x.dtype)
+
+    return rotate(queries), rotate(keys)
+
+
+def column_significance(
+    queries: torch.Tensor, keys: torch.Tensor, scale: float, max_chunk_elements: int = 1 << 26
+) -> torch.Tensor:
+    """s_col[j] = mean over heads h and queries i of softmax_j(q_i . k_j * scale): the attention token j receives.
+
+    queries, keys: (tokens, num_heads, head_dim) of one image. Returns (tokens,) in float32. The map is built a block
+    of query rows at a time (at most ``max_chunk_elements`` scores, 256 MiB in float32) and reduced at once, so even
+    a 16384-patch image never materialises its full heads x tokens x tokens map.
+    """
+    tokens, num_heads, _ = queries.shape
+    q = queries.transpose(0, 1).float()  # (heads, tokens, head_dim)
+    k = keys.transpose(0, 1).float()
+    received = torch.zeros(tokens, dtype=torch.float32, device=queries.device)
+    rows_per_chunk = max(1, max_chunk_elements // (num_heads * tokens))
+    for start in range(0, tokens, rows_per_chunk):
+        scores = torch.matmul(q[:, start : start + rows_per_chunk], k.transpose(1, 2)) * scale
+        received += scores.softmax(dim=-1).sum(dim=(0, 1))
+    return received / (num_heads * tokens)
+
+
+def choose_significance(column: torch.Tensor, mode: str) -> torch.Tensor:
+    """FoPru's row/column choice for a tower without a CLS token.
+
+    Every softmax row sums to 1, and with no CLS column to drop, the row significance (the attention a token gives,
+    mean_j A[i, j]) is exactly 1 / N for every token: it carries no information. ``auto`` (the larger variance wins,
+    ties pick row) therefore always picks the column significance unless that is flat too; ``row`` keeps the
+    uniform vector, so rank and row selection fall back to the lowest indices (raster order).
+    """
+    row = torch.full_like(column, 1.0 / column.numel())
+    if mode == "column":
+        return column
+    if mode == "row":
+        return row
+    if mode != "auto":
+        raise ValueError(f"significance={mode!r} is not supported; accepted values: auto, column, row")
+    return column if bool(column.var() > row.var()) else row
+
+
+def pool_merge_groups(significance: torch.Tensor, merge_unit: int) -> torch.Tensor:
+    """One score per LLM token: the mean significance of the ``merge_unit`` (2 x 2 = 4) patches the merger joins.
+
+    The tower orders patches block by block, so each merge group is ``merge_unit`` consecutive entries.
+    """
+    if significance.numel() % merge_unit:
+        raise ValueError(f"{significance.numel()} patches do not split into merge groups of {merge_unit}")
+    return significance.reshape(-1, merge_unit).mean(dim=-1)
+
+
+def packed_image_significance(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    num_heads: int,
+    scale: float,
+    mode: str,
+    merge_unit: int,
+) -> list[torch.Tensor]:
+    """Significance per LLM token of every image in a packed sequence, in the sequence's order.
+
+    Each image (segment ``cu_seqlens[i]:cu_seqlens[i + 1]``) gets its own attention map, as in the block itself.
+    """
+    queries, keys = rotate_queries_and_keys(qkv, cos, sin, num_heads)
+    bounds = cu_seqlens.tolist()
+    return [
+        pool_merge_groups(choose_significance(column_significance(queries[a:b], keys[a:b], scale), mode), merge_unit)
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+
+
+def undo_window_order(per_image: list[torch.Tensor], window_index: torch.Tensor) -> list[torch.Tensor]:
+    """Per-image LLM-token scores back in raster order, for a tower that reorders merge groups into windows.
+
+    Qwen2.5-VL permutes the merge groups of every image by ``window_index`` (global over the batch, each image's
+    groups staying within the image) before its blocks run, and undoes it after the merger with
+    ``argsort(window_index)``; scores computed inside the blocks need the same reversal.
+    """
+    sizes = [scores.numel() for scores in per_image]
+    reverse = torch.argsort(window_index).to(per_image[0].device)
+    return list(torch.cat(per_image)[reverse].split(sizes))
