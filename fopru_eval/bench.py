@@ -1,4 +1,10 @@
-"""Benchmark FoPru on a random LLaVA: prefill, end-to-end, memory, significance cost, parity with llava_hf.
+"""Benchmark FoPru on a random model of any adapted family: prefill, end-to-end, memory, significance cost, parity.
+
+``--model`` picks the family (``FAMILIES``): LLaVA-1.5, LLaVA-NeXT, Qwen2-VL or Qwen2.5-VL, each as a random checkpoint
+of the real architecture. The sweep, memory, prefill and end-to-end figures go through the adapter's own ``prepare``
+and ``generate_until`` only, so they are the same code for every family; the "ideal" comparison and the full-size
+CLIP-L significance cost are LLaVA-specific and reported as n/a elsewhere. Parity is against lmms-eval's own adapter
+for the family (llava_hf, qwen2_vl, qwen2_5_vl).
 
 Everything is measured in one process on one loaded checkpoint and reported beside its ratio to strategy=none
 from the same run: a random model's absolute times say little, the ratios say what pruning buys. Configs are
@@ -21,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,11 +42,76 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from fopru_eval.capture import SignificanceCapture
 from fopru_eval.config import PruningConfig
 from fopru_eval.random_llava import MID, TINY, save_random_llava
+from fopru_eval.random_llava_next import save_random_llava_next
+from fopru_eval.random_qwen_vl import TINY as QWEN_TINY
+from fopru_eval.random_qwen_vl import QwenVLSize, save_random_qwen_vl
 
 TASK, SPLIT = "fopru_bench", "test"
-SIZES = {"tiny": TINY, "mid": MID}
 COLORS = ["red", "green", "blue", "orange", "purple", "black"]
 QUESTIONS = ["What color is the shape?", "Which shape is in the center?", "Is there a red circle?"]
+
+# A Qwen-VL on the scale of random_llava.MID: an 8 x 512 LLM and an 8 x 256 tower (head widths 64 and 32, M-RoPE split
+# as in the real 7B models), Qwen2.5-VL's full attention in blocks 3 and 7 and its real 112-pixel windows. Under
+# QWEN_PIXELS["mid"] (Qwen2.5-VL's own defaults) a 336 x 336 image becomes 448 x 448: 32 x 32 patches in the tower,
+# 16 x 16 = 256 visual tokens after the 2 x 2 merge.
+QWEN_MID = QwenVLSize(
+    vision_hidden=256, vision_layers=8, vision_heads=8, fullatt_block_indexes=(3, 7), window_size=112,
+    text_hidden=512, text_layers=8, text_heads=8, text_kv_heads=4, mrope_section=(8, 12, 12), vocab_size=2000,
+    initializer_range=0.02,
+)  # fmt: skip
+# Pixel limits, passed alike to our adapter and lmms-eval's: tiny keeps 336 x 336 images at 112 x 112 (8 x 8 patches,
+# 16 visual tokens), mid upscales them to 448 x 448 (256 visual tokens).
+QWEN_PIXELS = {
+    "tiny": {"min_pixels": 3136, "max_pixels": 12544},
+    "mid": {"min_pixels": 256 * 28 * 28, "max_pixels": 1605632},
+}
+
+
+def _save_qwen_vl(family: str, path: str, size: QwenVLSize) -> Path:
+    return save_random_qwen_vl(path, family, size)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the benchmark needs to know of one adapted family; everything else goes through the adapter."""
+
+    label: str
+    chat_class: str  # "module:Class" in fopru_model_adapters
+    save: Callable[[str, Any], Path]  # (directory, size) -> a random checkpoint there
+    sizes: dict[str, Any]
+    reference: str  # lmms-eval's own adapter for the family, for the parity run
+    adapter_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # per size name
+    ideal: bool = False  # the "ideal" run (ideal_inputs) knows LLaVA-1.5's inputs only
+    clip_large: bool = False  # the full-size CLIP ViT-L/14-336 tower is this family's
+
+    def load_chat_class(self) -> type:
+        import importlib
+
+        module, name = self.chat_class.split(":")
+        return getattr(importlib.import_module(f"fopru_model_adapters.{module}"), name)
+
+
+FAMILIES = {
+    "llava_fopru": Family(
+        "LLaVA-1.5", "llava:LlavaFoPruChat", save_random_llava, {"tiny": TINY, "mid": MID}, "llava_hf",
+        ideal=True, clip_large=True,
+    ),
+    # Crops as large as LLaVA-1.5's views: at mid, a 336 x 336 image is a base view and 1 x 2 crops of 24 x 24.
+    "llava_next_fopru": Family(
+        "LLaVA-NeXT", "llava_next:LlavaNextFoPruChat", save_random_llava_next, {"tiny": TINY, "mid": MID},
+        "llava_hf", clip_large=True,
+    ),
+    "qwen2_vl_fopru": Family(
+        "Qwen2-VL", "qwen_vl:Qwen2VLFoPruChat", partial(_save_qwen_vl, "qwen2_vl"),
+        {"tiny": QWEN_TINY, "mid": QWEN_MID}, "qwen2_vl", adapter_args=QWEN_PIXELS,
+    ),
+    "qwen2_5_vl_fopru": Family(
+        "Qwen2.5-VL", "qwen_vl:Qwen2_5_VLFoPruChat", partial(_save_qwen_vl, "qwen2_5_vl"),
+        {"tiny": QWEN_TINY, "mid": QWEN_MID}, "qwen2_5_vl", adapter_args=QWEN_PIXELS,
+    ),
+}  # fmt: skip
+SIZES = ("tiny", "mid")
+
 
 try:
     _LIBC = ctypes.CDLL("libc.so.6")
@@ -196,13 +268,11 @@ def ideal_times(adapter: Any, prompts: list[Any], num_visual: int, max_new_token
     return prepare_s + llm_s, end_to_end_s
 
 
-def visual_tokens_per_image(config: PruningConfig, grid: tuple[int, int]) -> int:
-    rows, cols = grid
-    return config.rows_to_keep(rows, cols) * cols if config.strategy == "row" else config.tokens_to_keep(rows * cols)
-
-
-def sweep(adapter: Any, docs: list[dict], configs: list[PruningConfig], args: argparse.Namespace) -> list[dict]:
-    """Per config: peak memory, prefill, LLM prefill and end-to-end seconds per sample, token counts."""
+def sweep(
+    adapter: Any, docs: list[dict], configs: list[PruningConfig], args: argparse.Namespace, ideal: bool = True
+) -> list[dict]:
+    """Per config: peak memory, prefill, LLM prefill and end-to-end seconds per sample, token counts; with ``ideal``
+    (LLaVA-1.5 only) also the ideal run's times, else those are None."""
     # Memory in passes of its own, before any timing (see rss_follows_tensors), and never while timing, as the
     # sampling thread would compete for the CPU.
     memory = {}
@@ -228,14 +298,17 @@ def sweep(adapter: Any, docs: list[dict], configs: list[PruningConfig], args: ar
             first_token = [time_to_first_token(adapter, batch) for batch in batches]
             requests = chat_requests(docs, args.max_new_tokens)
             end_to_end, answers[config] = timed(lambda r=requests: adapter.generate_until(r), adapter.device)
-            num_visual = visual_tokens_per_image(config, adapter.grid)
-            ideal = [ideal_times(adapter, batch, num_visual, args.max_new_tokens) for batch in batches]
             if round_index >= args.warmup:
                 times[config]["prefill_s"].append(sum(t for t, _ in first_token) / len(docs))
                 times[config]["llm_prefill_s"].append(sum(t for _, t in first_token) / len(docs))
                 times[config]["end_to_end_s"].append(end_to_end / len(docs))
-                times[config]["ideal_prefill_s"].append(sum(t for t, _ in ideal) / len(docs))
-                times[config]["ideal_end_to_end_s"].append(sum(t for _, t in ideal) / len(docs))
+            if ideal:
+                # As many visual tokens as the adapter kept (one image per doc, all of one size in LLaVA-1.5).
+                num_visual = answers[config][0].token_counts.visual_tokens_kept
+                ideal_runs = [ideal_times(adapter, batch, num_visual, args.max_new_tokens) for batch in batches]
+                if round_index >= args.warmup:
+                    times[config]["ideal_prefill_s"].append(sum(t for t, _ in ideal_runs) / len(docs))
+                    times[config]["ideal_end_to_end_s"].append(sum(t for _, t in ideal_runs) / len(docs))
 
     rows = []
     for config in configs:
@@ -248,7 +321,7 @@ def sweep(adapter: Any, docs: list[dict], configs: list[PruningConfig], args: ar
                 "visual_tokens_kept": statistics.mean(c.visual_tokens_kept for c in counts),
                 "visual_tokens_total": statistics.mean(c.visual_tokens_total for c in counts),
                 "output_tokens": statistics.mean(c.output_tokens for c in counts),
-                **{name: statistics.median(seconds) for name, seconds in times[config].items()},
+                **{name: statistics.median(seconds) if seconds else None for name, seconds in times[config].items()},
                 "peak_memory_mib": memory[config],
             }
         )
@@ -256,8 +329,8 @@ def sweep(adapter: Any, docs: list[dict], configs: list[PruningConfig], args: ar
         for key in ("prefill_s", "llm_prefill_s", "end_to_end_s", "peak_memory_mib"):
             baseline = rows[0][key]
             row[key.rsplit("_", 1)[0] + "_vs_none"] = row[key] / baseline if baseline > 0 else float("nan")
-        row["prefill_vs_ideal"] = row["prefill_s"] / row["ideal_prefill_s"]
-        row["end_to_end_vs_ideal"] = row["end_to_end_s"] / row["ideal_end_to_end_s"]
+        row["prefill_vs_ideal"] = row["prefill_s"] / row["ideal_prefill_s"] if ideal else None
+        row["end_to_end_vs_ideal"] = row["end_to_end_s"] / row["ideal_end_to_end_s"] if ideal else None
         # Decoding cost per generated token, once the prompt is in the cache.
         row["decode_per_token_s"] = (row["end_to_end_s"] - row["prefill_s"]) / max(row["output_tokens"], 1)
     return rows
@@ -283,12 +356,20 @@ def capture_overhead(
     }
 
 
-def significance_cost(adapter: Any, docs: list[dict], args: argparse.Namespace) -> dict[str, float]:
-    """On the benchmark model's own tower: the same hooks the adapter installs for rank and row."""
+# What each family's get_image_features takes besides the pixels, as its image processor returns it.
+TOWER_INPUTS = ("pixel_values", "image_sizes", "image_grid_thw")
+
+
+def significance_cost(adapter: Any, docs: list[dict], args: argparse.Namespace) -> dict[str, Any]:
+    """On the benchmark model's own tower: the same hooks the adapter installs for rank and row (its
+    ``_significance_capture``), around the model's own ``get_image_features`` on the benchmark's images."""
+    if not hasattr(adapter, "_significance_capture"):
+        return {"skipped": f"{type(adapter).__name__} exposes no significance capture (_significance_capture)"}
     images = [doc["image"] for doc in docs]
-    pixels = adapter.processor.image_processor(images, return_tensors="pt").pixel_values
-    pixels = pixels.to(adapter.device, adapter.model.dtype)
-    forward = partial(adapter.model.get_image_features, pixel_values=pixels)
+    encoded = adapter.processor.image_processor(images, return_tensors="pt")
+    inputs = {name: encoded[name].to(adapter.device) for name in TOWER_INPUTS if name in encoded}
+    inputs["pixel_values"] = inputs["pixel_values"].to(adapter.model.dtype)
+    forward = partial(adapter.model.get_image_features, **inputs)
     return capture_overhead(forward, adapter._significance_capture, len(images), adapter.device, args)
 
 
@@ -311,35 +392,88 @@ def significance_cost_clip_large(device: torch.device, args: argparse.Namespace)
     return capture_overhead(partial(tower, pixels), capture, images, device, args)
 
 
-def compare_llava_hf(adapter: Any, path: Path, docs: list[dict], args: argparse.Namespace) -> dict[str, Any]:
-    """strategy=none against lmms-eval's chat llava_hf: same checkpoint, same requests, batch size 1."""
-    from lmms_eval.models.chat.llava_hf import LlavaHf
+def simple_requests(docs: list[dict[str, Any]], max_new_tokens: int) -> list[Instance]:
+    """The same requests as ``chat_requests`` in lmms-eval's simple form (text, then the doc's images first)."""
+    requests = []
+    for i, doc in enumerate(docs):
+        gen_kwargs = {"max_new_tokens": max_new_tokens, "temperature": 0}
+        args = (doc["question"], gen_kwargs, lambda d: [d["image"]], i, TASK, SPLIT)
+        metadata = {"task": TASK, "doc_id": i, "repeats": 1}
+        requests.append(Instance("generate_until", args, idx=0, metadata=metadata))
+    return requests
 
-    # device_map too: llava_hf passes its default "" on to from_pretrained, which transformers 5 rejects.
+
+def reference_model(family: Family, adapter: Any, path: Path) -> tuple[Any, Callable[..., list[Instance]], str]:
+    """lmms-eval's own adapter for the family on the same checkpoint, device and pixel limits; its request builder;
+    and what was changed in it for the comparison ("" if nothing)."""
     device = str(adapter.device)
-    theirs = LlavaHf(pretrained=str(path), device=device, device_map=device, batch_size=1)
+    if family.reference == "llava_hf":
+        from lmms_eval.models.chat.llava_hf import LlavaHf
+
+        # device_map too: llava_hf passes its default "" on to from_pretrained, which transformers 5 rejects.
+        return LlavaHf(pretrained=str(path), device=device, device_map=device, batch_size=1), chat_requests, ""
+    import importlib.util
+
+    if importlib.util.find_spec("qwen_vl_utils") is None:
+        raise ImportError(f"lmms-eval's {family.reference} needs qwen-vl-utils, which is not installed")
+    pixels = {"min_pixels": adapter.min_pixels, "max_pixels": adapter.max_pixels}
+    if family.reference == "qwen2_vl":
+        from lmms_eval.models.model_utils.media_encoder import encode_image_to_data_url
+        from lmms_eval.models.simple.qwen2_vl import Qwen2_VL
+
+        # Its only class is the simple one, and it re-encodes every image as JPEG (quality 85), which ours does not:
+        # made lossless here, as in tests/test_qwen_vl.py, so that answers can be compared.
+        theirs = Qwen2_VL(pretrained=str(path), device=device, device_map=device, batch_size=1, **pixels)
+        theirs._encode_image_data_url = partial(encode_image_to_data_url, image_format="PNG", convert_rgb=True)
+        return theirs, simple_requests, "its simple class; its JPEG re-encoding made lossless"
+    if family.reference == "qwen2_5_vl":
+        from lmms_eval.models.chat.qwen2_5_vl import Qwen2_5_VL
+
+        # It loads bfloat16 whatever the checkpoint: cast to the dtype ours runs in, so that answers can be compared.
+        theirs = Qwen2_5_VL(pretrained=str(path), device=device, device_map=device, batch_size=1, **pixels)
+        theirs.model.to(adapter.model.dtype)
+        return theirs, chat_requests, f"its bfloat16 weights cast to {str(adapter.model.dtype).removeprefix('torch.')}"
+    raise ValueError(f"no lmms-eval reference adapter known as {family.reference!r}")
+
+
+def compare_reference(
+    family: Family, adapter: Any, path: Path, docs: list[dict], args: argparse.Namespace
+) -> dict[str, Any]:
+    """strategy=none against lmms-eval's own adapter for the family: same checkpoint, same requests, batch size 1.
+    If that adapter cannot be built here (missing package, no offline or CPU support), the comparison is skipped
+    with the reason."""
+    try:
+        theirs, requests_for, changes = reference_model(family, adapter, path)
+    except Exception as error:  # noqa: BLE001 - reported, never silently: the rest of the benchmark stands
+        return {"reference": family.reference, "skipped": f"{type(error).__name__}: {error}"}
     theirs.task_dict = adapter.task_dict
-    adapter.pruning, adapter.batch_size_per_gpu = PruningConfig("none"), 1  # llava_hf runs batch size 1 only
-    models = {"ours": adapter, "llava_hf": theirs}
-    seconds: dict[str, list[float]] = {name: [] for name in models}
+    adapter.pruning, adapter.batch_size_per_gpu = PruningConfig("none"), 1  # the references run batch size 1
+    runs = {"ours": (adapter, chat_requests), "reference": (theirs, requests_for)}
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
     answers = {}
     for round_index in range(args.warmup + args.repeats):
-        for name, model in models.items():
-            requests = chat_requests(docs, args.max_new_tokens)
+        for name, (model, make_requests) in runs.items():
+            requests = make_requests(docs, args.max_new_tokens)
             elapsed, answers[name] = timed(lambda m=model, r=requests: m.generate_until(r), adapter.device)
             if round_index >= args.warmup:
                 seconds[name].append(elapsed / len(docs))
     adapter.batch_size_per_gpu = args.batch_size
-    ours_s, theirs_s = statistics.median(seconds["ours"]), statistics.median(seconds["llava_hf"])
-    pairs = zip(answers["ours"], answers["llava_hf"], strict=True)
+    ours_s, theirs_s = statistics.median(seconds["ours"]), statistics.median(seconds["reference"])
+
+    def text(answer: Any) -> str:  # a simple adapter may answer bare strings
+        return answer if isinstance(answer, str) else answer.text
+
+    pairs = zip(answers["ours"], answers["reference"], strict=True)
     return {
+        "reference": family.reference,
+        "changes": changes,
         "ours_end_to_end_s": ours_s,
-        "llava_hf_end_to_end_s": theirs_s,
-        "ours_vs_llava_hf": ours_s / theirs_s,
-        "identical_answers": sum(ours.text == their.text for ours, their in pairs),
+        "reference_end_to_end_s": theirs_s,
+        "ours_vs_reference": ours_s / theirs_s,
+        "identical_answers": sum(text(ours) == text(their) for ours, their in pairs),
         "samples": len(docs),
         # llava_hf answers "" with no token counts when generate raises: count those apart.
-        "llava_hf_failed": sum(answer.token_counts is None for answer in answers["llava_hf"]),
+        "reference_failed": sum(getattr(a, "token_counts", "") is None for a in answers["reference"]),
     }
 
 
@@ -348,20 +482,23 @@ def label(config: PruningConfig) -> str:
 
 
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    """Save a random LLaVA, load it once through the chat adapter, and take every measurement."""
-    from fopru_model_adapters.llava import LlavaFoPruChat
-
+    """Save a random checkpoint of the family, load it once through its chat adapter, and take every measurement."""
     started = time.perf_counter()
     # All the cores this process may run on (a container or taskset may allow fewer than the machine has).
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch.set_num_threads(cores)
-    size = SIZES[args.size]
+    family = FAMILIES[args.model]
+    size = family.sizes[args.size]
     docs = synthetic_docs(args.samples)
     configs = [PruningConfig("none")]
     configs += [PruningConfig(strategy, keep_ratio=r) for strategy in args.strategies for r in args.ratios]
     with tempfile.TemporaryDirectory(prefix="fopru-bench-") as tmp:
-        path = save_random_llava(tmp, size)
-        adapter = LlavaFoPruChat(pretrained=str(path), device=args.device, batch_size=args.batch_size, strategy="none")
+        path = family.save(tmp, size)
+        chat_class = family.load_chat_class()
+        adapter = chat_class(
+            pretrained=str(path), device=args.device, batch_size=args.batch_size, strategy="none",
+            **family.adapter_args.get(args.size, {}),
+        )  # fmt: skip
         adapter.task_dict = {TASK: {SPLIT: docs}}
         device = adapter.device
         device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
@@ -377,34 +514,48 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 "load_average_1m": psutil.getloadavg()[0],
             },
             "model": {
+                "adapter": args.model,
+                "family": family.label,
                 "size": args.size,
                 **dataclasses.asdict(size),
-                "visual_tokens_per_image": (size.image_size // size.patch_size) ** 2,
+                **family.adapter_args.get(args.size, {}),
                 "parameters_m": sum(p.numel() for p in adapter.model.parameters()) / 1e6,
             },
             "settings": {key: getattr(args, key) for key in settings},
         }
-        result["sweep"] = sweep(adapter, docs, configs, args)  # first: memory needs an unfragmented heap
+        # First: memory needs an unfragmented heap.
+        result["sweep"] = sweep(adapter, docs, configs, args, ideal=family.ideal)
+        # As the adapter counts them (every doc shows one image of the same size).
+        result["model"]["visual_tokens_per_image"] = result["sweep"][0]["visual_tokens_total"]
         result["significance"] = significance_cost(adapter, docs, args)
-        if args.clip_large:
+        if args.clip_large and family.clip_large:
             result["significance_clip_large"] = significance_cost_clip_large(adapter.device, args)
         if args.compare:
-            result["llava_hf"] = compare_llava_hf(adapter, path, docs, args)
+            result["reference"] = compare_reference(family, adapter, path, docs, args)
     result["total_s"] = time.perf_counter() - started
     return result
 
 
+def _ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1e3:.1f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def format_tables(result: dict[str, Any]) -> str:
-    """Markdown: a header of machine facts, the sweep table, the significance cost, the llava_hf table."""
+    """Markdown: a header of machine facts, the sweep table, the ideal, the significance cost, the parity table."""
     m, model, s, sig = result["machine"], result["model"], result["settings"], result["significance"]
+    pixels = f", pixels {model['min_pixels']}..{model['max_pixels']}" if "min_pixels" in model else ""
     lines = [
-        f"## FoPru benchmark: {model['size']} random LLaVA, {model['parameters_m']:.1f}M parameters, "
-        f"{model['visual_tokens_per_image']} visual tokens per image",
+        f"## FoPru benchmark: {model['adapter']}, {model['size']} random {model['family']}, "
+        f"{model['parameters_m']:.1f}M parameters, {model['visual_tokens_per_image']:g} visual tokens per image",
         "",
         f"{m['device']} ({m['device_name']}, {m['cpu_cores']} cores, load average "
         f"{m['load_average_1m']:.1f} at start), torch {m['torch']}, {m['torch_threads']} threads; "
         f"vision tower {model['vision_layers']} x {model['vision_hidden']}, "
-        f"LLM {model['text_layers']} x {model['text_hidden']}; {s['samples']} samples, "
+        f"LLM {model['text_layers']} x {model['text_hidden']}{pixels}; {s['samples']} samples, "
         f"batch size {s['batch_size']}, max_new_tokens {s['max_new_tokens']}; times per sample, median of "
         f"{s['repeats']} rounds after {s['warmup']} warm-up; x none: ratio to strategy=none in this run.",
         "",
@@ -423,39 +574,49 @@ def format_tables(result: dict[str, Any]) -> str:
     lines += [
         "",
         "Against the ideal: the same model given only that many visual tokens, with no pruning machinery "
-        "(first-k features, placeholders straight from the processor; it always generates max_new_tokens).",
+        "(first-k features, placeholders straight from the processor; it always generates max_new_tokens; "
+        "LLaVA-1.5 only, n/a otherwise).",
         "",
         "| config | prefill ms | ideal ms | x ideal | end-to-end ms | ideal ms | x ideal |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in result["sweep"]:
         lines.append(
-            f"| {r['config']} | {r['prefill_s'] * 1e3:.1f} | {r['ideal_prefill_s'] * 1e3:.1f} "
-            f"| {r['prefill_vs_ideal']:.2f} | {r['end_to_end_s'] * 1e3:.1f} | {r['ideal_end_to_end_s'] * 1e3:.1f} "
-            f"| {r['end_to_end_vs_ideal']:.2f} |"
+            f"| {r['config']} | {_ms(r['prefill_s'])} | {_ms(r['ideal_prefill_s'])} | {_ratio(r['prefill_vs_ideal'])} "
+            f"| {_ms(r['end_to_end_s'])} | {_ms(r['ideal_end_to_end_s'])} | {_ratio(r['end_to_end_vs_ideal'])} |"
         )
     lines += [
         "",
         "| significance cost | images | tower ms | with significance ms | share of the tower's time |",
         "|---|---|---|---|---|",
     ]
-    towers = {"this model's tower": sig, "CLIP ViT-L/14-336 (LLaVA-1.5's)": result.get("significance_clip_large")}
+    clip_large = result.get("significance_clip_large")
+    towers = {"this model's tower": sig, "CLIP ViT-L/14-336 (LLaVA-1.5's and LLaVA-NeXT's)": clip_large}
     for name, cost in towers.items():
-        if cost is not None:
+        if cost is None:
+            lines.append(f"| {name} | n/a | n/a | n/a | n/a (LLaVA families only; or --no-clip-large) |")
+        elif "skipped" in cost:
+            lines.append(f"| {name} | n/a | n/a | n/a | n/a ({cost['skipped']}) |")
+        else:
             lines.append(
                 f"| {name} | {cost['images']} | {cost['tower_s'] * 1e3:.1f} "
                 f"| {cost['tower_with_significance_s'] * 1e3:.1f} | {cost['overhead']:+.1%} |"
             )
-    if "llava_hf" in result:
-        c = result["llava_hf"]
-        lines += [
-            "",
-            "| batch size 1 | end-to-end ms | x llava_hf | identical answers |",
-            "|---|---|---|---|",
-            f"| lmms-eval llava_hf | {c['llava_hf_end_to_end_s'] * 1e3:.1f} | 1.00 | |",
-            f"| llava_fopru strategy=none | {c['ours_end_to_end_s'] * 1e3:.1f} | {c['ours_vs_llava_hf']:.2f} "
-            f"| {c['identical_answers']} / {c['samples']} ({c['llava_hf_failed']} llava_hf failures) |",
-        ]
+    if "reference" in result:
+        c = result["reference"]
+        lines += ["", f"Parity with lmms-eval's own {c['reference']}, batch size 1:", ""]
+        if "skipped" in c:
+            lines.append(f"Skipped: {c['skipped']}")
+        else:
+            changes = f" ({c['changes']})" if c["changes"] else ""
+            lines += [
+                f"| batch size 1 | end-to-end ms | x {c['reference']} | identical answers |",
+                "|---|---|---|---|",
+                f"| lmms-eval {c['reference']}{changes} | {c['reference_end_to_end_s'] * 1e3:.1f} | 1.00 | |",
+                f"| {model['adapter']} strategy=none | {c['ours_end_to_end_s'] * 1e3:.1f} "
+                f"| {c['ours_vs_reference']:.2f} | {c['identical_answers']} / {c['samples']} "
+                f"({c['reference_failed']} {c['reference']} failures) |",
+            ]
     lines += ["", f"Total benchmark time {result['total_s']:.0f} s."]
     return "\n".join(lines)
 
@@ -478,7 +639,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             raise argparse.ArgumentTypeError(f"{text} is not an integer >= 1")
         return int(text)
 
-    parser.add_argument("--size", choices=sorted(SIZES), default="mid", help="default mid: 576 tokens/image")
+    parser.add_argument(
+        "--model", choices=list(FAMILIES), default="llava_fopru",
+        help="the adapter, on a random checkpoint of its family (default llava_fopru)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--size", choices=SIZES, default="mid",
+        help="default mid: 576 visual tokens per view for the LLaVAs, 256 per image for the Qwens",
+    )  # fmt: skip
     parser.add_argument("--samples", type=positive, default=4, help="synthetic images (default 4)")
     parser.add_argument("--batch-size", type=positive, default=1, help="default 1")
     parser.add_argument("--max-new-tokens", type=positive, default=16, help="default 16")
@@ -488,10 +656,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategies", type=strategies, default=["rank", "row"], help="default rank,row")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
-    parser.add_argument("--no-compare", dest="compare", action="store_false", help="skip the llava_hf run")
+    parser.add_argument(
+        "--no-compare", dest="compare", action="store_false", help="skip the run of lmms-eval's own adapter"
+    )
     parser.add_argument(
         "--no-clip-large", dest="clip_large", action="store_false",
-        help="skip the significance cost on a full-size CLIP ViT-L/14-336 tower",
+        help="skip the significance cost on a full-size CLIP ViT-L/14-336 tower (LLaVA families only)",
     )  # fmt: skip
     parser.set_defaults(run=run)
 
