@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from fopru_eval.significance import choose_significance as choose_column_or_row
+
 
 def rotate_queries_and_keys(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int
@@ -61,14 +63,7 @@ def choose_significance(column: torch.Tensor, mode: str) -> torch.Tensor:
     ties pick row) therefore always picks the column significance unless that is flat too; ``row`` keeps the
     uniform vector, so rank and row selection fall back to the lowest indices (raster order).
     """
-    row = torch.full_like(column, 1.0 / column.numel())
-    if mode == "column":
-        return column
-    if mode == "row":
-        return row
-    if mode != "auto":
-        raise ValueError(f"significance={mode!r} is not supported; accepted values: auto, column, row")
-    return column if bool(column.var() > row.var()) else row
+    return choose_column_or_row(column, torch.full_like(column, 1.0 / column.numel()), mode)
 
 
 def pool_merge_groups(significance: torch.Tensor, merge_unit: int) -> torch.Tensor:

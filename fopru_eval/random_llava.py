@@ -18,7 +18,9 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
+    ProcessorMixin,
 )
 
 # The layout of llava-hf/llava-1.5-*-hf's own chat template: "USER: <image>\n{text} ASSISTANT:".
@@ -149,10 +151,14 @@ def build_random_llava(size: LlavaSize = TINY, seed: int = 0) -> tuple[LlavaForC
     return model, processor
 
 
-def save_random_llava(path: str | Path, size: LlavaSize = TINY, seed: int = 0) -> Path:
-    """Build a random LLaVA and save model and processor under ``path``, loadable with ``from_pretrained``."""
+def save_checkpoint(path: str | Path, model: PreTrainedModel, processor: ProcessorMixin) -> Path:
+    """Save a model and its processor under ``path``, loadable with ``from_pretrained``."""
     path = Path(path)
-    model, processor = build_random_llava(size, seed)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def save_random_llava(path: str | Path, size: LlavaSize = TINY, seed: int = 0) -> Path:
+    """Build a random LLaVA and save model and processor under ``path``."""
+    return save_checkpoint(path, *build_random_llava(size, seed))

@@ -21,7 +21,7 @@ from transformers import (
     LlavaNextProcessor,
 )
 
-from fopru_eval.random_llava import LLAVA_CHAT_TEMPLATE, TINY, LlavaSize, build_tokenizer
+from fopru_eval.random_llava import LLAVA_CHAT_TEMPLATE, TINY, LlavaSize, build_tokenizer, save_checkpoint
 
 # llava-v1.6's pinpoints, in units of one crop (336 px there): (height, width) multiples of the crop size.
 CROP_LAYOUTS = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))
@@ -92,9 +92,5 @@ def build_random_llava_next(
 
 
 def save_random_llava_next(path: str | Path, size: LlavaSize = TINY, seed: int = 0) -> Path:
-    """Build a random LLaVA-NeXT and save model and processor under ``path``, loadable with ``from_pretrained``."""
-    path = Path(path)
-    model, processor = build_random_llava_next(size, seed)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    """Build a random LLaVA-NeXT and save model and processor under ``path``."""
+    return save_checkpoint(path, *build_random_llava_next(size, seed))

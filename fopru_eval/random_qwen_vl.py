@@ -27,6 +27,8 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
+from fopru_eval.random_llava import save_checkpoint
+
 FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 
 # The chat template of Qwen/Qwen2-VL-7B-Instruct and Qwen/Qwen2.5-VL-7B-Instruct (identical in both), verbatim:
@@ -178,9 +180,5 @@ def build_random_qwen_vl(
 
 
 def save_random_qwen_vl(path: str | Path, family: str = "qwen2_vl", size: QwenVLSize = TINY, seed: int = 0) -> Path:
-    """Build a random Qwen-VL and save model and processor under ``path``, loadable with ``from_pretrained``."""
-    path = Path(path)
-    model, processor = build_random_qwen_vl(family, size, seed)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    """Build a random Qwen-VL and save model and processor under ``path``."""
+    return save_checkpoint(path, *build_random_qwen_vl(family, size, seed))

@@ -34,13 +34,17 @@ def patch_significance(attention: torch.Tensor, num_prefix_tokens: int, mode: st
     Returns (batch, patches) in float32.
     """
     patches = attention[:, num_prefix_tokens:, num_prefix_tokens:].float()
-    column = patches.mean(dim=1)
-    row = patches.mean(dim=2)
+    return choose_significance(column=patches.mean(dim=1), row=patches.mean(dim=2), mode=mode)
+
+
+def choose_significance(column: torch.Tensor, row: torch.Tensor, mode: str) -> torch.Tensor:
+    """The column or the row significance (..., tokens) as ``mode`` says; ``auto`` takes, per image, the one with
+    the larger variance, and a tie picks the row significance."""
     if mode == "column":
         return column
     if mode == "row":
         return row
     if mode != "auto":
         raise ValueError(f"significance={mode!r} is not supported; accepted values: auto, column, row")
-    use_column = column.var(dim=-1) > row.var(dim=-1)
-    return torch.where(use_column.unsqueeze(-1), column, row)
+    use_column = column.var(dim=-1, keepdim=True) > row.var(dim=-1, keepdim=True)
+    return torch.where(use_column, column, row)
