@@ -26,6 +26,7 @@ from lmms_eval.protocol import ChatMessages
 from loguru import logger as eval_logger
 from PIL import Image
 from tqdm import tqdm
+from transformers import AutoConfig
 
 from fopru_eval.config import PRUNING_ARGS, PruningConfig
 from fopru_eval.selection import select_tokens
@@ -148,9 +149,24 @@ class FoPruLMM(lmms):
 
     # ----- what a family adapter provides -------------------------------------------------------------------------
 
+    # Which checkpoints an adapter wraps, for the check before any weights load.
+    model_type: str
+    model_class: type
+    example_checkpoint: str
+
     def check_checkpoint(self, pretrained: str, **kwargs: Any) -> None:
         """Raise a clear error if ``pretrained`` is not a checkpoint this adapter wraps (reads the config only)."""
-        raise NotImplementedError
+        config = AutoConfig.from_pretrained(pretrained, **kwargs)
+        if config.model_type != self.model_type:
+            raise ValueError(
+                f"{self.model_name}: pretrained={pretrained} is a {config.model_type!r} checkpoint; {self.model_name} "
+                f"wraps {self.model_class.__name__} checkpoints (model_type {self.model_type!r}, e.g. "
+                f"{self.example_checkpoint})"
+            )
+        self.check_config(config, pretrained)
+
+    def check_config(self, config: Any, pretrained: str) -> None:
+        """Family-specific checks of a checkpoint's config, e.g. that its vision tower can give FoPru its map."""
 
     def load(self, pretrained: str, **kwargs: Any) -> None:
         """Set ``self.model``, ``self.processor`` and ``self.tokenizer``."""

@@ -11,7 +11,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
+from transformers import AutoProcessor, LlavaForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from fopru_eval.capture import SignificanceCapture
@@ -29,14 +29,7 @@ class LlavaFoPru(FoPruLMM):
     model_class: type = LlavaForConditionalGeneration
     example_checkpoint = "llava-hf/llava-1.5-7b-hf"
 
-    def check_checkpoint(self, pretrained: str, **kwargs: Any) -> None:
-        config = AutoConfig.from_pretrained(pretrained, **kwargs)
-        if config.model_type != self.model_type:
-            raise ValueError(
-                f"{self.model_name}: pretrained={pretrained} is a {config.model_type!r} checkpoint; {self.model_name} "
-                f"wraps {self.model_class.__name__} checkpoints (model_type {self.model_type!r}, e.g. "
-                f"{self.example_checkpoint})"
-            )
+    def check_config(self, config: Any, pretrained: str) -> None:
         if config.vision_config.model_type != "clip_vision_model":
             raise ValueError(
                 f"{self.model_name}: pretrained={pretrained} has a {config.vision_config.model_type!r} vision tower; "

@@ -26,7 +26,6 @@ import torch
 from lmms_eval.api.instance import GenerationResult
 from PIL import Image
 from transformers import (
-    AutoConfig,
     AutoProcessor,
     PreTrainedModel,
     Qwen2_5_VLForConditionalGeneration,
@@ -79,19 +78,6 @@ class QwenVLFoPru(FoPruLMM):
         super().__init__(pretrained, **kwargs)
 
     # ----- loading -------------------------------------------------------------------------------------------------
-
-    def check_checkpoint(self, pretrained: str, **kwargs: Any) -> None:
-        config = AutoConfig.from_pretrained(pretrained, **kwargs)
-        if config.model_type != self.model_type:
-            raise ValueError(
-                f"{self.model_name}: pretrained={pretrained} is a {config.model_type!r} checkpoint; {self.model_name} "
-                f"wraps {self.model_class.__name__} checkpoints (model_type {self.model_type!r}, e.g. "
-                f"{self.example_checkpoint})"
-            )
-        self.check_vision_config(config.vision_config, pretrained)
-
-    def check_vision_config(self, vision_config: Any, pretrained: str) -> None:
-        """Raise a clear error if the checkpoint's vision tower cannot give FoPru its attention map."""
 
     def load(self, pretrained: str, **kwargs: Any) -> None:
         revision, trust_remote_code = kwargs["revision"], kwargs["trust_remote_code"]
@@ -280,8 +266,8 @@ class Qwen2_5_VLFoPru(QwenVLFoPru):
     # lmms-eval's simple qwen2_5_vl cuts at until strings except "\n\n" (Qwen2.5-VL answers contain blank lines).
     ignored_until = ("\n\n",)
 
-    def check_vision_config(self, vision_config: Any, pretrained: str) -> None:
-        if not vision_config.fullatt_block_indexes:
+    def check_config(self, config: Any, pretrained: str) -> None:
+        if not config.vision_config.fullatt_block_indexes:
             raise ValueError(
                 f"{self.model_name}: pretrained={pretrained} has no full-attention vision block "
                 "(vision_config.fullatt_block_indexes is empty); FoPru needs one whole-image attention map"
