@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -98,10 +99,10 @@ def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     )
 
 
-def build_random_llava(size: LlavaSize = TINY, seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """A LLaVA-1.5-architecture model with random weights and a matching processor."""
-    tokenizer = build_tokenizer(size.vocab_size)
-    vocab = len(tokenizer)
+def sub_configs(
+    size: LlavaSize, tokenizer: PreTrainedTokenizerFast, **text_overrides: Any
+) -> tuple[CLIPVisionConfig, LlamaConfig]:
+    """The CLIP tower and the Llama LLM of a random LLaVA of ``size`` (any LLaVA family)."""
     vision_config = CLIPVisionConfig(
         hidden_size=size.vision_hidden,
         intermediate_size=4 * size.vision_hidden,
@@ -117,12 +118,20 @@ def build_random_llava(size: LlavaSize = TINY, seed: int = 0) -> tuple[LlavaForC
         num_hidden_layers=size.text_layers,
         num_attention_heads=size.text_heads,
         num_key_value_heads=size.text_heads,
-        vocab_size=vocab,
+        vocab_size=len(tokenizer),
         max_position_embeddings=4096,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **text_overrides,
     )
+    return vision_config, text_config
+
+
+def build_random_llava(size: LlavaSize = TINY, seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """A LLaVA-1.5-architecture model with random weights and a matching processor."""
+    tokenizer = build_tokenizer(size.vocab_size)
+    vision_config, text_config = sub_configs(size, tokenizer)
     num_patches = (size.image_size // size.patch_size) ** 2
     config = LlavaConfig(
         vision_config=vision_config,

@@ -13,15 +13,13 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessor,
     LlavaNextProcessor,
 )
 
-from fopru_eval.random_llava import LLAVA_CHAT_TEMPLATE, TINY, LlavaSize, build_tokenizer, save_checkpoint
+from fopru_eval.random_llava import LLAVA_CHAT_TEMPLATE, TINY, LlavaSize, build_tokenizer, save_checkpoint, sub_configs
 
 # llava-v1.6's pinpoints, in units of one crop (336 px there): (height, width) multiples of the crop size.
 CROP_LAYOUTS = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))
@@ -38,30 +36,9 @@ def build_random_llava_next(
     tokenizer = build_tokenizer(size.vocab_size)
     crop = size.image_size
     pinpoints = [[rows * crop, cols * crop] for rows, cols in CROP_LAYOUTS]
-    vision_config = CLIPVisionConfig(
-        hidden_size=size.vision_hidden,
-        intermediate_size=4 * size.vision_hidden,
-        num_hidden_layers=size.vision_layers,
-        num_attention_heads=size.vision_heads,
-        image_size=crop,
-        patch_size=size.patch_size,
-        projection_dim=size.vision_hidden,
-    )
-    text_config = LlamaConfig(
-        hidden_size=size.text_hidden,
-        intermediate_size=3 * size.text_hidden,
-        num_hidden_layers=size.text_layers,
-        num_attention_heads=size.text_heads,
-        num_key_value_heads=size.text_heads,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        # At the usual 0.02, a 2-layer random LLM gives every prompt the same answer, so exactness tests against
-        # references would prove little; at 0.2 answers differ from doc to doc and from image to image.
-        initializer_range=0.2,
-    )
+    # At the usual 0.02, a 2-layer random LLM gives every prompt the same answer, so exactness tests against
+    # references would prove little; at 0.2 answers differ from doc to doc and from image to image.
+    vision_config, text_config = sub_configs(size, tokenizer, initializer_range=0.2)
     config = LlavaNextConfig(
         vision_config=vision_config,
         text_config=text_config,
