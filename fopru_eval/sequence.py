@@ -43,13 +43,6 @@ def surviving_positions(
     return kept_token_mask(ids, placeholder_id, kept, tokens_per_image).nonzero().flatten()
 
 
-def drop_pruned_placeholders(
-    ids: torch.Tensor, placeholder_id: int, kept: list[torch.Tensor], tokens_per_image: list[int]
-) -> torch.Tensor:
-    """One unpadded sequence without the placeholders of pruned visual tokens (see ``surviving_positions``)."""
-    return ids[surviving_positions(ids, placeholder_id, kept, tokens_per_image)]
-
-
 def left_pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack sequences of different lengths, padding on the left as batched generation needs; also the mask."""
     length = max(row.numel() for row in rows)
