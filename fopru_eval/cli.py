@@ -15,12 +15,34 @@ def make_random_llava(args: argparse.Namespace) -> int:
     return 0
 
 
+def demo(args: argparse.Namespace) -> int:
+    """The shipped demo model on the shipped fopru_demo benchmark: the accuracy curve for rank, row, random, none."""
+    from fopru_eval.demo import CHECKPOINT
+
+    sweep_parser = argparse.ArgumentParser()
+    sweep.add_arguments(sweep_parser)
+    sweep_argv = [
+        "--model", "llava_fopru", "--model_args", f"pretrained={CHECKPOINT}", "--tasks", "fopru_demo",
+        "--strategies", "rank,row,random", "--keep-ratios", "1,0.5,0.25,0.11", "--device", "cpu",
+        "--batch_size", "16", "--output_path", args.output_path,
+    ]  # fmt: skip
+    if args.wandb_project:
+        sweep_argv += ["--wandb-project", args.wandb_project]
+    sweep_args = sweep_parser.parse_args(sweep_argv)
+    return sweep_args.run(sweep_args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fopru-eval", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     bench.add_arguments(commands.add_parser("bench", help=bench.__doc__.splitlines()[0]))
     sweep.add_arguments(commands.add_parser("sweep", help=sweep.__doc__.splitlines()[0]))
+
+    demo_parser = commands.add_parser("demo", help=demo.__doc__.splitlines()[0])
+    demo_parser.add_argument("--output-path", default="fopru-demo", help="where the curve and results go")
+    demo_parser.add_argument("--wandb-project", help="also log the curve to this W&B project")
+    demo_parser.set_defaults(run=demo)
 
     random_llava = commands.add_parser(
         "make-random-llava", help="save a random-weight LLaVA checkpoint, built offline, to try the adapters on"

@@ -1,0 +1,67 @@
+"""Write the fopru_demo test set: held-out scenes and questions from ``fopru_eval.demo.scenes``.
+
+The scenes use seeds from ``scenes.TEST_SEED_OFFSET`` upwards, which the demo model's training never draws. The
+question kinds come in turn (colour at a cell, shape at a cell, count, colour of a neighbour, shape of a
+neighbour), 40 of each. The output is deterministic, so rerunning the script rewrites the same rows.
+
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python tasks/fopru_demo/make_data.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+
+import datasets
+
+from fopru_eval.demo import scenes
+
+NUM_DOCS = 200
+
+
+def build_dataset(num_docs: int = NUM_DOCS) -> datasets.Dataset:
+    rows = []
+    for index, (scene, question) in enumerate(scenes.make_test_docs(num_docs)):
+        png = io.BytesIO()
+        scene.image.save(png, format="PNG", optimize=True)
+        layout = [{**vars(o), "position": scenes.position_name(o.row, o.col)} for o in scene.objects]
+        rows.append(
+            {
+                "question_id": f"fopru_demo_{index:04d}",
+                "image": {"bytes": png.getvalue(), "path": None},
+                "question": question.text,
+                "answer": question.answer,
+                "question_kind": question.kind,
+                "num_objects": len(scene.objects),
+                "scene_seed": scene.seed,
+                "layout": json.dumps(layout),
+            }
+        )
+    features = datasets.Features(
+        {
+            "question_id": datasets.Value("string"),
+            "image": datasets.Image(),
+            "question": datasets.Value("string"),
+            "answer": datasets.Value("string"),
+            "question_kind": datasets.Value("string"),
+            "num_objects": datasets.Value("int64"),
+            "scene_seed": datasets.Value("int64"),
+            "layout": datasets.Value("string"),
+        }
+    )
+    return datasets.Dataset.from_dict({name: [row[name] for row in rows] for name in features}, features=features)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "data" / "fopru_demo.parquet")
+    args = parser.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    build_dataset().to_parquet(str(args.out))
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.1f} KiB)")
+
+
+if __name__ == "__main__":
+    main()
