@@ -3,11 +3,7 @@ over only the kept tokens at their original 3-D positions, a hand-run greedy dec
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -19,7 +15,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, LlamaConfig
 from transformers.models.qwen2_vl import modeling_qwen2_vl
 from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
-from conftest import TASKS_DIR, draw_image, user_turn
+from conftest import TASKS_DIR, draw_image, lmms_eval, results_of, user_turn
 from fopru_eval.config import PruningConfigError
 from fopru_eval.packed_significance import choose_significance, column_significance
 from fopru_eval.random_qwen_vl import save_random_qwen_vl
@@ -314,6 +310,7 @@ def test_images_are_resized_exactly_as_qwen_vl_utils_resizes_them(
     checkpoints: dict[str, Path], size: tuple[int, int]
 ) -> None:
     import qwen_vl_utils
+
     image = draw_image("red", (5, 5, 15, 15), size=size)
     for limits in [(3136, 200704), (200704, 1605632)]:
         expected = qwen_vl_utils.smart_resize(size[1], size[0], 28, *limits)
@@ -477,23 +474,6 @@ def test_strategy_none_answers_exactly_as_lmms_eval_qwen_adapters(
     assert all(s["token_counts"][0]["visual_tokens_kept"] == 16 for s in ours["samples"]["fopru_shapes_gen"])
 
 
-BIN = Path(sys.executable).parent
-
-
-def lmms_eval_cli(args: list[str], output: Path) -> tuple[dict, dict[str, list[dict]]]:
-    """The lmms-eval CLI in a subprocess on the offline tasks: its results JSON and samples per task."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [str(BIN / "lmms-eval"), *args, "--include_path", str(TASKS_DIR), "--output_path", str(output)]
-    run = subprocess.run(command + ["--log_samples"], env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    [results_file] = output.glob("*/*_results.json")
-    samples = {}
-    for path in output.glob("*/*_samples_*.jsonl"):
-        task = path.stem.split("_samples_", 1)[1]
-        samples[task] = sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda s: s["doc_id"])
-    return json.loads(results_file.read_text()), samples
-
-
 def test_the_adapters_resolve_through_the_entry_point() -> None:
     from lmms_eval.models import get_model
 
@@ -524,7 +504,9 @@ def test_pruned_runs_through_the_cli_report_results_and_token_counts(
     model_args = f"pretrained={checkpoints[family]},strategy=rank,keep_ratio=0.25,{TASK_PIXELS}"
     args = ["--model", f"{family}_fopru", *extra_args, "--model_args", model_args, "--tasks", tasks,
             "--batch_size", "4", "--limit", "4", "--device", "cpu"]  # fmt: skip
-    results, samples = lmms_eval_cli(args, tmp_path / "out")
+    run = lmms_eval(args, tmp_path / "out")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results, samples = results_of(tmp_path / "out")
     assert "strategy=rank,keep_ratio=0.25" in results["config"]["model_args"]
     assert results["throughput"]["avg_visual_tokens_kept"] == 4
     assert results["throughput"]["avg_visual_tokens_total"] == 16
