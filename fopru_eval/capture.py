@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fopru_eval.significance import head_averaged_attention, patch_significance
+from fopru_eval.significance import streamed_patch_significance
 
 
 class SignificanceCapture:
@@ -58,8 +58,11 @@ class SignificanceCapture:
     def _reduce_with_keys(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         if self._queries is None:
             raise RuntimeError("the key projection ran before the query projection; cannot rebuild the attention map")
-        attention = head_averaged_attention(self._queries, output, self.num_heads, self.scale)
-        self._batches.append(patch_significance(attention, self.num_prefix_tokens, self.mode))
+        self._batches.append(
+            streamed_patch_significance(
+                self._queries, output, self.num_heads, self.scale, self.num_prefix_tokens, self.mode
+            )
+        )
         self._queries = None
 
     @property

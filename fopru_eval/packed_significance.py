@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from fopru_eval.significance import attention_sums
 from fopru_eval.significance import choose_significance as choose_column_or_row
 
 
@@ -36,23 +37,16 @@ def rotate_queries_and_keys(
 
 
 def column_significance(
-    queries: torch.Tensor, keys: torch.Tensor, scale: float, max_chunk_elements: int = 1 << 26
+    queries: torch.Tensor, keys: torch.Tensor, scale: float, max_chunk_elements: int | None = None
 ) -> torch.Tensor:
     """s_col[j] = mean over heads h and queries i of softmax_j(q_i . k_j * scale): the attention token j receives.
 
-    queries, keys: (tokens, num_heads, head_dim) of one image. Returns (tokens,) in float32. The map is built a block
-    of query rows at a time (at most ``max_chunk_elements`` scores, 256 MiB in float32) and reduced at once, so even
-    a 16384-patch image never materialises its full heads x tokens x tokens map.
+    queries, keys: (tokens, num_heads, head_dim) of one image. Returns (tokens,) in float32. The map is reduced in
+    chunks (``attention_sums``), so even a 16384-patch image never materialises its heads x tokens x tokens map.
     """
     tokens, num_heads, _ = queries.shape
-    q = queries.transpose(0, 1).float()  # (heads, tokens, head_dim)
-    k = keys.transpose(0, 1).float()
-    received = torch.zeros(tokens, dtype=torch.float32, device=queries.device)
-    rows_per_chunk = max(1, max_chunk_elements // (num_heads * tokens))
-    for start in range(0, tokens, rows_per_chunk):
-        scores = torch.matmul(q[:, start : start + rows_per_chunk], k.transpose(1, 2)) * scale
-        received += scores.softmax(dim=-1).sum(dim=(0, 1))
-    return received / (num_heads * tokens)
+    received, _ = attention_sums((queries * scale).transpose(0, 1), keys.transpose(0, 1), 0, max_chunk_elements)
+    return received.sum(dim=0) / (num_heads * tokens)
 
 
 def choose_significance(column: torch.Tensor, mode: str) -> torch.Tensor:

@@ -37,6 +37,74 @@ def patch_significance(attention: torch.Tensor, num_prefix_tokens: int, mode: st
     return choose_significance(column=patches.mean(dim=1), row=patches.mean(dim=2), mode=mode)
 
 
+def chunk_elements(device: torch.device) -> int:
+    """How many attention scores one step of ``attention_sums`` holds at once.
+
+    On the CPU, chunks of about a million scores (4 MiB in float32) stay in cache: measured on 2 cores, 1024 tokens x
+    16 heads, they reduce 2.5-3x faster than 64-million-score chunks. On a GPU, larger chunks keep the number of
+    kernel launches small; 2^26 scores (256 MiB in float32) bounds the memory even for 16384-patch images.
+    """
+    return 1 << 20 if device.type == "cpu" else 1 << 26
+
+
+def attention_sums(
+    queries: torch.Tensor, keys: torch.Tensor, num_prefix_tokens: int = 0, max_chunk_elements: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column and row sums of every map softmax(Q K^T), reduced chunk by chunk so no whole map is ever held.
+
+    queries, keys: (maps, tokens, head_dim), the queries already scaled; a "map" is one head of one image. With the
+    first ``num_prefix_tokens`` rows and columns dropped (a CLS token) after the softmax, returns, both (maps,
+    patches) in float32:
+      received[m, j] = sum_i A_m[i, j]   (the column sums: attention patch j receives from the patches)
+      given[m, i]    = sum_j A_m[i, j]   (the row sums: attention patch i gives to the patches)
+    The softmax runs in float32 as it reads the scores, so bf16 models rank tokens stably.
+    """
+    maps, tokens, _ = queries.shape
+    budget = max_chunk_elements or chunk_elements(queries.device)
+    rows = min(tokens, max(1, budget // tokens))
+    maps_per_step = max(1, budget // (rows * tokens)) if rows == tokens else 1
+    keys_t = keys.transpose(1, 2)
+    received = torch.zeros(maps, tokens, dtype=torch.float32, device=queries.device)
+    given = torch.zeros(maps, tokens, dtype=torch.float32, device=queries.device)
+    for m in range(0, maps, maps_per_step):
+        for start in range(0, tokens, rows):
+            attention = torch.matmul(
+                queries[m : m + maps_per_step, start : start + rows], keys_t[m : m + maps_per_step]
+            )
+            attention = attention.softmax(dim=-1, dtype=torch.float32)[..., num_prefix_tokens:]
+            given[m : m + maps_per_step, start : start + rows] = attention.sum(dim=-1)
+            patch_rows = max(0, num_prefix_tokens - start)  # prefix query rows give no column significance
+            received[m : m + maps_per_step, num_prefix_tokens:] += attention[:, patch_rows:].sum(dim=1)
+    return received[:, num_prefix_tokens:], given[:, num_prefix_tokens:]
+
+
+def streamed_patch_significance(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    num_heads: int,
+    scale: float,
+    num_prefix_tokens: int,
+    mode: str = "auto",
+    max_chunk_elements: int | None = None,
+) -> torch.Tensor:
+    """``patch_significance(head_averaged_attention(...))`` without the (batch, heads, tokens, tokens) map.
+
+    queries, keys: (batch, tokens, num_heads * head_dim), the outputs of a layer's q/k projections. Returns
+    (batch, patches) in float32.
+    """
+    batch, tokens, width = queries.shape
+    head_dim = width // num_heads
+    # One map per (image, head); scaling the queries is cheaper than scaling the scores.
+    q = (queries * scale).reshape(batch, tokens, num_heads, head_dim).transpose(1, 2).reshape(-1, tokens, head_dim)
+    k = keys.reshape(batch, tokens, num_heads, head_dim).transpose(1, 2).reshape(-1, tokens, head_dim)
+    received, given = attention_sums(q, k, num_prefix_tokens, max_chunk_elements)
+    patches = tokens - num_prefix_tokens
+    # The mean over heads and over the patch rows (columns) of the patch-to-patch matrix.
+    column = received.reshape(batch, num_heads, patches).sum(dim=1) / (num_heads * patches)
+    row = given.reshape(batch, num_heads, patches).sum(dim=1) / (num_heads * patches)
+    return choose_significance(column=column, row=row, mode=mode)
+
+
 def choose_significance(column: torch.Tensor, row: torch.Tensor, mode: str) -> torch.Tensor:
     """The column or the row significance (..., tokens) as ``mode`` says; ``auto`` takes, per image, the one with
     the larger variance, and a tie picks the row significance."""

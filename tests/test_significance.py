@@ -11,7 +11,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from conftest import draw_image
 from fopru_eval.capture import SignificanceCapture
-from fopru_eval.significance import head_averaged_attention, patch_significance
+from fopru_eval.significance import head_averaged_attention, patch_significance, streamed_patch_significance
 
 
 def reference_significance(attention: np.ndarray, mode: str) -> np.ndarray:
@@ -47,6 +47,22 @@ def test_formulas_match_the_reference(mode: str) -> None:
     k = torch.randn(2, 17, 32, generator=generator, dtype=torch.float64)
     ours = patch_significance(head_averaged_attention(q, k, num_heads=4, scale=8**-0.5), 1, mode)
     for image in range(2):
+        attention = reference_attention(q[image].numpy(), k[image].numpy(), heads=4, scale=8**-0.5)
+        expected = reference_significance(attention, mode)
+        np.testing.assert_allclose(ours[image].numpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+# Chunks of: one query row of one map; two rows (so the CLS row shares a chunk with a patch row); five rows (the
+# chunk boundaries fall mid-image); two whole maps; all maps at once.
+@pytest.mark.parametrize("max_chunk_elements", [17, 34, 85, 2 * 17 * 17, 1 << 20])
+@pytest.mark.parametrize("mode", ["auto", "column", "row"])
+def test_streamed_significance_matches_the_reference(mode: str, max_chunk_elements: int) -> None:
+    """The chunked reduction the capture runs equals the formulas on whole maps, however the chunks fall."""
+    generator = torch.Generator().manual_seed(1)
+    q = torch.randn(3, 17, 32, generator=generator, dtype=torch.float64)
+    k = torch.randn(3, 17, 32, generator=generator, dtype=torch.float64)
+    ours = streamed_patch_significance(q, k, 4, 8**-0.5, 1, mode, max_chunk_elements=max_chunk_elements)
+    for image in range(3):
         attention = reference_attention(q[image].numpy(), k[image].numpy(), heads=4, scale=8**-0.5)
         expected = reference_significance(attention, mode)
         np.testing.assert_allclose(ours[image].numpy(), expected, rtol=1e-5, atol=1e-7)
