@@ -2,9 +2,10 @@
 
 ``--model`` picks the family (``FAMILIES``): LLaVA-1.5, LLaVA-NeXT, Qwen2-VL or Qwen2.5-VL, each as a random checkpoint
 of the real architecture. The sweep, memory, prefill and end-to-end figures go through the adapter's own ``prepare``
-and ``generate_until`` only, so they are the same code for every family; the "ideal" comparison and the full-size
-CLIP-L significance cost are LLaVA-specific and reported as n/a elsewhere. Parity is against lmms-eval's own adapter
-for the family (llava_hf, qwen2_vl, qwen2_5_vl).
+and ``generate_until`` only, so they are the same code for every family. Each pruned config is also held to the
+"ideal": the same model fed only as many image tokens as the config kept, with no pruning machinery. The cost of
+significance is measured on the benchmark model's tower and on the family's tower at its published size. Parity is
+against lmms-eval's own adapter for the family (llava_hf, qwen2_vl, qwen2_5_vl).
 
 Everything is measured in one process on one loaded checkpoint and reported beside its ratio to strategy=none
 from the same run: a random model's absolute times say little, the ratios say what pruning buys. Configs are
@@ -16,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import dataclasses
 import gc
 import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -36,11 +37,15 @@ import psutil
 import torch
 from lmms_eval.api.instance import Instance
 from PIL import Image, ImageDraw
-from transformers import CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPVisionModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
 
 from fopru_eval.capture import SignificanceCapture
 from fopru_eval.config import PruningConfig
+from fopru_eval.full_size import full_size_config, save_random_full_size
+from fopru_eval.packed_capture import PackedSignificanceCapture
 from fopru_eval.random_llava import MID, TINY, save_random_llava
 from fopru_eval.random_llava_next import save_random_llava_next
 from fopru_eval.random_qwen_vl import TINY as QWEN_TINY
@@ -60,15 +65,74 @@ QWEN_MID = QwenVLSize(
     initializer_range=0.02,
 )  # fmt: skip
 # Pixel limits, passed alike to our adapter and lmms-eval's: tiny keeps 336 x 336 images at 112 x 112 (8 x 8 patches,
-# 16 visual tokens), mid upscales them to 448 x 448 (256 visual tokens).
+# 16 visual tokens), mid and full upscale them to 448 x 448 (256 visual tokens).
 QWEN_PIXELS = {
     "tiny": {"min_pixels": 3136, "max_pixels": 12544},
     "mid": {"min_pixels": 256 * 28 * 28, "max_pixels": 1605632},
+    "full": {"min_pixels": 256 * 28 * 28, "max_pixels": 1605632},
+}
+
+
+# The Qwen vision towers, for the cost on their published size.
+QWEN_TOWERS = {
+    "qwen2_vl": Qwen2VisionTransformerPretrainedModel,
+    "qwen2_5_vl": Qwen2_5_VisionTransformerPretrainedModel,
 }
 
 
 def _save_qwen_vl(family: str, path: str, size: QwenVLSize) -> Path:
     return save_random_qwen_vl(path, family, size)
+
+
+# What each family's get_image_features takes besides the pixels, as its image processor returns it.
+TOWER_INPUTS = ("pixel_values", "image_sizes", "image_grid_thw")
+
+
+def image_tokens_kept(counts: Any) -> int:
+    """Image tokens the LLM saw for one sample: its kept visual tokens, plus LLaVA-NeXT's kept newlines."""
+    return counts.visual_tokens_kept + (getattr(counts, "newline_tokens_kept", None) or 0)
+
+
+def _first_features_inputs(adapter: Any, prompts: list[Any], counts: list[int], images: list[Any]) -> dict[str, Any]:
+    """The processor's own tokenization of each prompt with its (one) image placeholder repeated ``count`` times, and
+    the first ``count`` features the model's own tower gives for the image."""
+    processor, model = adapter.processor, adapter.model
+    token = processor.image_token
+    texts = [
+        processor.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False).replace(
+            token, token * count
+        )
+        for p, count in zip(prompts, counts, strict=True)
+    ]
+    inputs = dict(processor.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt"))
+    encoded = processor.image_processor(images, return_tensors="pt")
+    tower_inputs = {name: encoded[name].to(adapter.device) for name in TOWER_INPUTS if name in encoded}
+    tower_inputs["pixel_values"] = tower_inputs["pixel_values"].to(model.dtype)
+    features = model.get_image_features(**tower_inputs).pooler_output
+    kept = [image_features[:count] for image_features, count in zip(features, counts, strict=True)]
+    inputs = {name: tensor.to(adapter.device) for name, tensor in inputs.items()}
+    inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=kept)}
+    return inputs
+
+
+def llava_ideal_inputs(adapter: Any, prompts: list[Any], counts: list[int]) -> dict[str, Any]:
+    """The ideal for the LLaVA families (for LLaVA-NeXT, the first features of the packed ones, newlines included)."""
+    return _first_features_inputs(adapter, prompts, counts, [image for p in prompts for image in p.images])
+
+
+def qwen_ideal_inputs(adapter: Any, prompts: list[Any], counts: list[int]) -> dict[str, Any]:
+    """The ideal for the Qwen families, with a 1 x count merged grid in ``image_grid_thw`` so that the model computes
+    the M-RoPE positions itself, as for any image."""
+    images = [adapter._presize(image) for p in prompts for image in p.images]  # as the adapter (and lmms-eval) do
+    inputs = _first_features_inputs(adapter, prompts, counts, images)
+    inputs["mm_token_type_ids"] = (inputs["input_ids"] == adapter.model.config.image_token_id).long()
+    merge = adapter.merge_size
+    inputs["image_grid_thw"] = torch.tensor([[1, merge, merge * count] for count in counts], device=adapter.device)
+    return inputs
+
+
+# (adapter, prompts of one batch, image tokens per prompt) -> the model inputs of the "ideal" run (see sweep).
+IdealInputs = Callable[[Any, list[Any], list[int]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -81,8 +145,9 @@ class Family:
     sizes: dict[str, Any]
     reference: str  # lmms-eval's own adapter for the family, for the parity run
     adapter_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # per size name
-    ideal: bool = False  # the "ideal" run (ideal_inputs) knows LLaVA-1.5's inputs only
-    clip_large: bool = False  # the full-size CLIP ViT-L/14-336 tower is this family's
+    ideal: IdealInputs | None = None
+    full_size: str = ""  # the family's name in full_size.FAMILIES, for the cost on its published vision tower
+    full_size_tower: str = ""  # that tower, in words
 
     def load_chat_class(self) -> type:
         import importlib
@@ -94,23 +159,48 @@ class Family:
 FAMILIES = {
     "llava_fopru": Family(
         "LLaVA-1.5", "llava:LlavaFoPruChat", save_random_llava, {"tiny": TINY, "mid": MID}, "llava_hf",
-        ideal=True, clip_large=True,
+        ideal=llava_ideal_inputs, full_size="llava", full_size_tower="CLIP ViT-L/14-336, 24 x 1024",
     ),
     # Crops as large as LLaVA-1.5's views: at mid, a 336 x 336 image is a base view and 1 x 2 crops of 24 x 24.
     "llava_next_fopru": Family(
         "LLaVA-NeXT", "llava_next:LlavaNextFoPruChat", save_random_llava_next, {"tiny": TINY, "mid": MID},
-        "llava_hf", clip_large=True,
+        "llava_hf", ideal=llava_ideal_inputs, full_size="llava_next", full_size_tower="CLIP ViT-L/14-336, 24 x 1024",
     ),
     "qwen2_vl_fopru": Family(
         "Qwen2-VL", "qwen_vl:Qwen2VLFoPruChat", partial(_save_qwen_vl, "qwen2_vl"),
-        {"tiny": QWEN_TINY, "mid": QWEN_MID}, "qwen2_vl", adapter_args=QWEN_PIXELS,
+        {"tiny": QWEN_TINY, "mid": QWEN_MID}, "qwen2_vl", adapter_args=QWEN_PIXELS, ideal=qwen_ideal_inputs,
+        full_size="qwen2_vl", full_size_tower="Qwen2-VL-7B's, 32 x 1280",
     ),
     "qwen2_5_vl_fopru": Family(
         "Qwen2.5-VL", "qwen_vl:Qwen2_5_VLFoPruChat", partial(_save_qwen_vl, "qwen2_5_vl"),
-        {"tiny": QWEN_TINY, "mid": QWEN_MID}, "qwen2_5_vl", adapter_args=QWEN_PIXELS,
+        {"tiny": QWEN_TINY, "mid": QWEN_MID}, "qwen2_5_vl", adapter_args=QWEN_PIXELS, ideal=qwen_ideal_inputs,
+        full_size="qwen2_5_vl", full_size_tower="Qwen2.5-VL-7B's, 32 x 1280, full attention in 4 blocks",
     ),
 }  # fmt: skip
-SIZES = ("tiny", "mid")
+# "full": the published 7B architecture of the family (full_size.py), random bf16 weights, on a GPU only.
+SIZES = ("tiny", "mid", "full")
+
+
+def save_checkpoint(family: Family, size: str, directory: str, device: str) -> Path:
+    """A random checkpoint of ``family`` at ``size`` saved in ``directory``; the full size is built on ``device``."""
+    if size == "full":
+        return save_random_full_size(directory, family.full_size, device=device)
+    return family.save(directory, family.sizes[size])
+
+
+def architecture(config: Any) -> dict[str, int]:
+    """Depth and width of the loaded model's vision tower and LLM, whatever the family calls them."""
+    vision, text = config.vision_config, config.text_config
+    return {
+        "vision_layers": getattr(vision, "num_hidden_layers", None) or vision.depth,
+        # Qwen2-VL's vision hidden_size is its merger's output; its blocks are embed_dim wide.
+        "vision_hidden": getattr(vision, "embed_dim", None) or vision.hidden_size,
+        "vision_heads": getattr(vision, "num_attention_heads", None) or vision.num_heads,
+        "text_layers": text.num_hidden_layers,
+        "text_hidden": text.hidden_size,
+        "text_heads": text.num_attention_heads,
+        "vocab_size": text.vocab_size,
+    }
 
 
 try:
@@ -235,44 +325,31 @@ def time_to_first_token(adapter: Any, prompts: list[Any]) -> tuple[float, float]
     return prepare_s + llm_s, llm_s
 
 
-def ideal_inputs(adapter: Any, prompts: list[Any], num_visual: int) -> dict[str, Any]:
-    """What a pruned run is held to: the same model given only ``num_visual`` tokens per image with no pruning
-    machinery (no significance hooks, no selection, no re-padding): the processor's own tokenization with that many
-    placeholders, and the first ``num_visual`` features of each image."""
-    processor, model = adapter.processor, adapter.model
-    token = processor.image_token
-    texts = [
-        processor.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False).replace(
-            token, token * num_visual
-        )
-        for p in prompts
-    ]
-    inputs = dict(processor.tokenizer(texts, padding=True, return_tensors="pt").to(adapter.device))
-    images = [image for p in prompts for image in p.images]
-    pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"]
-    features = model.get_image_features(pixel_values=pixel_values.to(adapter.device, model.dtype)).pooler_output
-    kept = [image_features[:num_visual] for image_features in features]
-    inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=kept)}
-    return inputs
-
-
-def ideal_times(adapter: Any, prompts: list[Any], num_visual: int, max_new_tokens: int) -> tuple[float, float]:
+def ideal_times(
+    ideal_inputs: IdealInputs, adapter: Any, prompts: list[Any], counts: list[int], max_new_tokens: int
+) -> tuple[float, float]:
     """Seconds to the first token and end to end, for one batch of the ideal; it generates every token it may,
     so it never finishes early by chance."""
+    make_inputs = partial(ideal_inputs, adapter, prompts, counts)
     with torch.inference_mode():
-        prepare_s, inputs = timed(lambda: ideal_inputs(adapter, prompts, num_visual), adapter.device)
+        prepare_s, inputs = timed(make_inputs, adapter.device)
         llm_s, _ = timed(partial(adapter.model, **inputs, use_cache=True, logits_to_keep=1), adapter.device)
         generation = adapter._generation_config({"max_new_tokens": max_new_tokens})
-        generate = partial(adapter.model.generate, **inputs, **generation, min_new_tokens=max_new_tokens)
-        end_to_end_s, _ = timed(lambda: (ideal_inputs(adapter, prompts, num_visual), generate()), adapter.device)
+        generate = partial(adapter.model.generate, **generation, min_new_tokens=max_new_tokens)
+        end_to_end_s, _ = timed(lambda: generate(**make_inputs()), adapter.device)
     return prepare_s + llm_s, end_to_end_s
 
 
 def sweep(
-    adapter: Any, docs: list[dict], configs: list[PruningConfig], args: argparse.Namespace, ideal: bool = True
+    adapter: Any,
+    docs: list[dict],
+    configs: list[PruningConfig],
+    args: argparse.Namespace,
+    ideal: IdealInputs | None = None,
 ) -> list[dict]:
-    """Per config: peak memory, prefill, LLM prefill and end-to-end seconds per sample, token counts; with ``ideal``
-    (LLaVA-1.5 only) also the ideal run's times, else those are None."""
+    """Per config: peak memory, prefill, LLM prefill and end-to-end seconds per sample, token counts; with ``ideal``,
+    also the times of the ideal run: the same model fed only as many image tokens as the config kept, per sample,
+    with no pruning machinery (no significance hooks, no selection, no re-padding), else those are None."""
     # Memory in passes of its own, before any timing (see rss_follows_tensors), and never while timing, as the
     # sampling thread would compete for the CPU.
     memory = {}
@@ -302,10 +379,13 @@ def sweep(
                 times[config]["prefill_s"].append(sum(t for t, _ in first_token) / len(docs))
                 times[config]["llm_prefill_s"].append(sum(t for _, t in first_token) / len(docs))
                 times[config]["end_to_end_s"].append(end_to_end / len(docs))
-            if ideal:
-                # As many visual tokens as the adapter kept (one image per doc, all of one size in LLaVA-1.5).
-                num_visual = answers[config][0].token_counts.visual_tokens_kept
-                ideal_runs = [ideal_times(adapter, batch, num_visual, args.max_new_tokens) for batch in batches]
+            if ideal is not None:
+                kept = [image_tokens_kept(answer.token_counts) for answer in answers[config]]
+                counts = [kept[i : i + args.batch_size] for i in range(0, len(kept), args.batch_size)]
+                ideal_runs = [
+                    ideal_times(ideal, adapter, batch, count, args.max_new_tokens)
+                    for batch, count in zip(batches, counts, strict=True)
+                ]
                 if round_index >= args.warmup:
                     times[config]["ideal_prefill_s"].append(sum(t for t, _ in ideal_runs) / len(docs))
                     times[config]["ideal_end_to_end_s"].append(sum(t for _, t in ideal_runs) / len(docs))
@@ -339,10 +419,11 @@ def sweep(
 def capture_overhead(
     forward: Callable[[], Any], capture: Callable[[], Any], images: int, device: torch.device, args: argparse.Namespace
 ) -> dict[str, float]:
-    """A vision tower's forward with the significance hooks active and without, interleaved; medians."""
+    """A vision tower's forward with the significance hooks active and without, interleaved; medians. The order
+    flips every round: whichever pass runs second tends to find warmer caches and allocator."""
     seconds: dict[str, list[float]] = {"with": [], "without": []}
     for round_index in range(args.warmup + args.repeats):
-        for name in seconds:
+        for name in ("with", "without") if round_index % 2 else ("without", "with"):
             with capture() if name == "with" else nullcontext(), torch.inference_mode():
                 elapsed, _ = timed(forward, device)
             if round_index >= args.warmup:
@@ -354,10 +435,6 @@ def capture_overhead(
         "tower_with_significance_s": with_s,
         "overhead": (with_s - without_s) / without_s,
     }
-
-
-# What each family's get_image_features takes besides the pixels, as its image processor returns it.
-TOWER_INPUTS = ("pixel_values", "image_sizes", "image_grid_thw")
 
 
 def significance_cost(adapter: Any, docs: list[dict], args: argparse.Namespace) -> dict[str, Any]:
@@ -373,23 +450,44 @@ def significance_cost(adapter: Any, docs: list[dict], args: argparse.Namespace) 
     return capture_overhead(forward, adapter._significance_capture, len(images), adapter.device, args)
 
 
-def significance_cost_clip_large(device: torch.device, args: argparse.Namespace) -> dict[str, float]:
-    """On LLaVA-1.5's own tower, CLIP ViT-L/14 at 336 px (random weights): the cost at the size users run, where
-    the one recomputed map is a small part of 24 wide layers, unlike in a small benchmark tower."""
-    config = CLIPVisionConfig(
-        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=336,
-        patch_size=14,
-    )  # fmt: skip
+def significance_cost_full_tower(family: Family, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    """On the family's own vision tower at its published size (``full_size.py``, random weights): the cost at the size
+    users run, where the one recomputed map is a small part of a deep, wide tower, unlike in a small benchmark tower.
+    LLaVA-1.5 and LLaVA-NeXT share CLIP ViT-L/14-336 (one 336 px view per image); the Qwen towers get 448 x 448
+    images (32 x 32 patches), as the mid benchmark model does."""
+    vision = full_size_config(family.full_size).vision_config
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    tower = CLIPVisionModel(config).to(device, dtype).eval()
-    attention = tower.encoder.layers[22].self_attn  # the layer LLaVA-1.5 reads (vision_feature_layer=-2)
     images = 8 if device.type == "cuda" else 2
-    pixels = torch.randn(images, 3, 336, 336, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    generator = torch.Generator().manual_seed(0)
+    if family.full_size in ("llava", "llava_next"):
+        tower = CLIPVisionModel._from_config(vision, dtype=dtype).to(device).eval()
+        # The layer both LLaVAs read: vision_feature_layer=-2 of 24 layers is the output of layer 22.
+        attention = tower.encoder.layers[len(tower.encoder.layers) - 2].self_attn
+        side = vision.image_size
+        pixels = torch.randn(images, 3, side, side, generator=generator).to(device, dtype)
+        forward = partial(tower, pixels)
 
-    def capture() -> SignificanceCapture:
-        return SignificanceCapture(attention.q_proj, attention.k_proj, attention.num_heads, attention.scale, 1, "auto")
+        def capture() -> Any:
+            return SignificanceCapture(
+                attention.q_proj, attention.k_proj, attention.num_heads, attention.scale, 1, "auto"
+            )
 
-    return capture_overhead(partial(tower, pixels), capture, images, device, args)
+    else:
+        chat_class = family.load_chat_class()
+        tower = QWEN_TOWERS[family.full_size]._from_config(vision, dtype=dtype).to(device).eval()
+        attention = tower.blocks[chat_class.significance_block(vision)].attn
+        grid = torch.tensor([[1, 32, 32]] * images, device=device)
+        patch = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+        pixels = torch.randn(images * 32 * 32, patch, generator=generator).to(device, dtype)
+        forward = partial(tower, pixels, grid_thw=grid)
+
+        def capture() -> Any:
+            merge_unit = vision.spatial_merge_size**2
+            return PackedSignificanceCapture(attention, attention.num_heads, attention.scaling, "auto", merge_unit)
+
+    cost = capture_overhead(forward, capture, images, device, args)
+    cost["tower"] = f"{family.full_size_tower}, {sum(p.numel() for p in tower.parameters()) / 1e6:.0f}M parameters"
+    return cost
 
 
 def simple_requests(docs: list[dict[str, Any]], max_new_tokens: int) -> list[Instance]:
@@ -488,12 +586,11 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch.set_num_threads(cores)
     family = FAMILIES[args.model]
-    size = family.sizes[args.size]
     docs = synthetic_docs(args.samples)
     configs = [PruningConfig("none")]
     configs += [PruningConfig(strategy, keep_ratio=r) for strategy in args.strategies for r in args.ratios]
     with tempfile.TemporaryDirectory(prefix="fopru-bench-") as tmp:
-        path = family.save(tmp, size)
+        path = save_checkpoint(family, args.size, tmp, args.device)
         chat_class = family.load_chat_class()
         adapter = chat_class(
             pretrained=str(path), device=args.device, batch_size=args.batch_size, strategy="none",
@@ -517,7 +614,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 "adapter": args.model,
                 "family": family.label,
                 "size": args.size,
-                **dataclasses.asdict(size),
+                **architecture(adapter.model.config),
+                "dtype": str(adapter.model.dtype).removeprefix("torch."),
                 **family.adapter_args.get(args.size, {}),
                 "parameters_m": sum(p.numel() for p in adapter.model.parameters()) / 1e6,
             },
@@ -528,8 +626,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         # As the adapter counts them (every doc shows one image of the same size).
         result["model"]["visual_tokens_per_image"] = result["sweep"][0]["visual_tokens_total"]
         result["significance"] = significance_cost(adapter, docs, args)
-        if args.clip_large and family.clip_large:
-            result["significance_clip_large"] = significance_cost_clip_large(adapter.device, args)
+        if args.full_tower:
+            result["significance_full_tower"] = significance_cost_full_tower(family, adapter.device, args)
         if args.compare:
             result["reference"] = compare_reference(family, adapter, path, docs, args)
     result["total_s"] = time.perf_counter() - started
@@ -573,9 +671,9 @@ def format_tables(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Against the ideal: the same model given only that many visual tokens, with no pruning machinery "
-        "(first-k features, placeholders straight from the processor; it always generates max_new_tokens; "
-        "LLaVA-1.5 only, n/a otherwise).",
+        "Against the ideal: the same model given only as many image tokens as the config kept, with no pruning "
+        "machinery (the first k features, placeholders straight from the processor, positions from the model "
+        "itself; it always generates max_new_tokens).",
         "",
         "| config | prefill ms | ideal ms | x ideal | end-to-end ms | ideal ms | x ideal |",
         "|---|---|---|---|---|---|---|",
@@ -590,11 +688,11 @@ def format_tables(result: dict[str, Any]) -> str:
         "| significance cost | images | tower ms | with significance ms | share of the tower's time |",
         "|---|---|---|---|---|",
     ]
-    clip_large = result.get("significance_clip_large")
-    towers = {"this model's tower": sig, "CLIP ViT-L/14-336 (LLaVA-1.5's and LLaVA-NeXT's)": clip_large}
+    full_tower = result.get("significance_full_tower")
+    towers = {"this model's tower": sig, f"published size ({full_tower['tower'] if full_tower else ''})": full_tower}
     for name, cost in towers.items():
         if cost is None:
-            lines.append(f"| {name} | n/a | n/a | n/a | n/a (LLaVA families only; or --no-clip-large) |")
+            lines.append(f"| {name} | n/a | n/a | n/a | n/a (--no-full-tower) |")
         elif "skipped" in cost:
             lines.append(f"| {name} | n/a | n/a | n/a | n/a ({cost['skipped']}) |")
         else:
@@ -645,7 +743,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--size", choices=SIZES, default="mid",
-        help="default mid: 576 visual tokens per view for the LLaVAs, 256 per image for the Qwens",
+        help="default mid: 576 visual tokens per view for the LLaVAs, 256 per image for the Qwens; full: the "
+        "published 7B architecture with random bf16 weights (needs --device cuda)",
     )  # fmt: skip
     parser.add_argument("--samples", type=positive, default=4, help="synthetic images (default 4)")
     parser.add_argument("--batch-size", type=positive, default=1, help="default 1")
@@ -660,13 +759,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-compare", dest="compare", action="store_false", help="skip the run of lmms-eval's own adapter"
     )
     parser.add_argument(
-        "--no-clip-large", dest="clip_large", action="store_false",
-        help="skip the significance cost on a full-size CLIP ViT-L/14-336 tower (LLaVA families only)",
+        "--no-full-tower", dest="full_tower", action="store_false",
+        help="skip the significance cost on the family's vision tower at its published size (minutes on a CPU)",
     )  # fmt: skip
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.size == "full" and torch.device(args.device).type != "cuda":
+        # Checked before anything is built: a 7B model in float32 does not fit a CPU machine's memory, and would
+        # take hours per sample there.
+        print(f"fopru-eval bench: error: --size full needs --device cuda (got --device {args.device})", file=sys.stderr)
+        return 2
     result = benchmark(args)
     print(format_tables(result))
     if args.output is not None:

@@ -66,15 +66,16 @@ def attention_sums(
     keys_t = keys.transpose(1, 2)
     received = torch.zeros(maps, tokens, dtype=torch.float32, device=queries.device)
     given = torch.zeros(maps, tokens, dtype=torch.float32, device=queries.device)
-    for m in range(0, maps, maps_per_step):
+    for first_map in range(0, maps, maps_per_step):
+        step = slice(first_map, first_map + maps_per_step)
         for start in range(0, tokens, rows):
-            attention = torch.matmul(
-                queries[m : m + maps_per_step, start : start + rows], keys_t[m : m + maps_per_step]
-            )
-            attention = attention.softmax(dim=-1, dtype=torch.float32)[..., num_prefix_tokens:]
-            given[m : m + maps_per_step, start : start + rows] = attention.sum(dim=-1)
+            block = slice(start, start + rows)
+            attention = torch.matmul(queries[step, block], keys_t[step]).softmax(dim=-1, dtype=torch.float32)
+            # Each softmax row sums to 1, so what a row gives the patches is 1 minus what it gives the prefix tokens:
+            # no second pass over the chunk.
+            given[step, block] = 1 - attention[..., :num_prefix_tokens].sum(dim=-1)
             patch_rows = max(0, num_prefix_tokens - start)  # prefix query rows give no column significance
-            received[m : m + maps_per_step, num_prefix_tokens:] += attention[:, patch_rows:].sum(dim=1)
+            received[step] += attention[:, patch_rows:].sum(dim=1)
     return received[:, num_prefix_tokens:], given[:, num_prefix_tokens:]
 
 

@@ -96,9 +96,10 @@ class QwenVLFoPru(FoPruLMM):
 
         tower = self.model.model.visual
         self.merge_size = tower.spatial_merge_size
-        self.attention = tower.blocks[self.significance_block()].attn
+        self.attention = tower.blocks[self.significance_block(self.model.config.vision_config)].attn
 
-    def significance_block(self) -> int:
+    @staticmethod
+    def significance_block(vision_config: Any) -> int:
         """Index of the vision block whose attention map gives the significance."""
         raise NotImplementedError
 
@@ -242,8 +243,9 @@ class Qwen2VLFoPru(QwenVLFoPru):
     # lmms-eval's qwen2_vl cuts at every until string and strips the answer.
     strip_answers = True
 
-    def significance_block(self) -> int:
-        return len(self.model.model.visual.blocks) - 1
+    @staticmethod
+    def significance_block(vision_config: Any) -> int:
+        return vision_config.depth - 1
 
 
 class Qwen2VLFoPruChat(Qwen2VLFoPru):
@@ -273,8 +275,9 @@ class Qwen2_5_VLFoPru(QwenVLFoPru):
                 "(vision_config.fullatt_block_indexes is empty); FoPru needs one whole-image attention map"
             )
 
-    def significance_block(self) -> int:
-        return max(self.model.config.vision_config.fullatt_block_indexes)
+    @staticmethod
+    def significance_block(vision_config: Any) -> int:
+        return max(vision_config.fullatt_block_indexes)
 
     def merge_group_order(self, grid_thw: torch.Tensor) -> torch.Tensor:
         # The window permutation the tower applies to merge groups before its blocks (and undoes after the merger).
