@@ -416,22 +416,50 @@ def sweep(
     return rows
 
 
+def timed_reductions(capture: Any, device: torch.device) -> list[float]:
+    """Make ``capture`` (a SignificanceCapture or PackedSignificanceCapture, before it is entered) time its reduction
+    hook, ``_reduce``: all the work a capture adds to the tower's forward. Returns the list the seconds go to. On
+    CUDA the timing waits for the GPU at both ends, so such a pass is never one of the timed tower passes."""
+    seconds: list[float] = []
+    reduce = capture._reduce
+
+    def timed_reduce(*args: Any) -> None:
+        elapsed, _ = timed(partial(reduce, *args), device)
+        seconds.append(elapsed)
+
+    capture._reduce = timed_reduce
+    return seconds
+
+
 def capture_overhead(
     forward: Callable[[], Any], capture: Callable[[], Any], images: int, device: torch.device, args: argparse.Namespace
 ) -> dict[str, float]:
-    """A vision tower's forward with the significance hooks active and without, interleaved; medians. The order
-    flips every round: whichever pass runs second tends to find warmer caches and allocator."""
-    seconds: dict[str, list[float]] = {"with": [], "without": []}
+    """A vision tower's forward without the significance hooks, with them, and the seconds spent inside them; medians
+    over interleaved rounds.
+
+    ``share`` (time inside the hooks / the tower's time) is the figure to read: the difference of the two forwards
+    says the same, but a 1% effect drowns in the few percent two long passes differ by on a shared machine. The order
+    of the two forwards flips every round, since whichever runs second tends to find warmer caches and allocator.
+    """
+    seconds: dict[str, list[float]] = {"without": [], "with": [], "inside": []}
     for round_index in range(args.warmup + args.repeats):
         for name in ("with", "without") if round_index % 2 else ("without", "with"):
             with capture() if name == "with" else nullcontext(), torch.inference_mode():
                 elapsed, _ = timed(forward, device)
             if round_index >= args.warmup:
                 seconds[name].append(elapsed)
-    with_s, without_s = statistics.median(seconds["with"]), statistics.median(seconds["without"])
+        timed_capture = capture()
+        inside = timed_reductions(timed_capture, device)
+        with timed_capture, torch.inference_mode():
+            forward()
+        if round_index >= args.warmup:
+            seconds["inside"].append(sum(inside))
+    without_s, with_s, inside_s = (statistics.median(seconds[name]) for name in ("without", "with", "inside"))
     return {
         "images": images,
         "tower_s": without_s,
+        "significance_s": inside_s,
+        "share": inside_s / without_s,
         "tower_with_significance_s": with_s,
         "overhead": (with_s - without_s) / without_s,
     }
@@ -685,20 +713,24 @@ def format_tables(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| significance cost | images | tower ms | with significance ms | share of the tower's time |",
-        "|---|---|---|---|---|",
+        "Significance: the tower's own time, the time spent inside the significance hooks and its share of the "
+        "tower's; then the tower with the hooks on, and how much slower that was (a difference of two passes, so "
+        "within a few percent of noise).",
+        "",
+        "| significance cost | images | tower ms | significance ms | share | tower with hooks ms | difference |",
+        "|---|---|---|---|---|---|---|",
     ]
     full_tower = result.get("significance_full_tower")
     towers = {"this model's tower": sig, f"published size ({full_tower['tower'] if full_tower else ''})": full_tower}
     for name, cost in towers.items():
         if cost is None:
-            lines.append(f"| {name} | n/a | n/a | n/a | n/a (--no-full-tower) |")
+            lines.append(f"| {name} | n/a | n/a | n/a | n/a (--no-full-tower) | n/a | n/a |")
         elif "skipped" in cost:
-            lines.append(f"| {name} | n/a | n/a | n/a | n/a ({cost['skipped']}) |")
+            lines.append(f"| {name} | n/a | n/a | n/a | n/a ({cost['skipped']}) | n/a | n/a |")
         else:
             lines.append(
-                f"| {name} | {cost['images']} | {cost['tower_s'] * 1e3:.1f} "
-                f"| {cost['tower_with_significance_s'] * 1e3:.1f} | {cost['overhead']:+.1%} |"
+                f"| {name} | {cost['images']} | {cost['tower_s'] * 1e3:.1f} | {cost['significance_s'] * 1e3:.1f} "
+                f"| {cost['share']:.1%} | {cost['tower_with_significance_s'] * 1e3:.1f} | {cost['overhead']:+.1%} |"
             )
     if "reference" in result:
         c = result["reference"]

@@ -42,7 +42,7 @@ class SignificanceCapture:
         self._batches.clear()
         self._handles = [
             self.query_proj.register_forward_hook(self._keep_queries),
-            self.key_proj.register_forward_hook(self._reduce_with_keys),
+            self.key_proj.register_forward_hook(self._reduce),
         ]
         return self
 
@@ -55,7 +55,7 @@ class SignificanceCapture:
     def _keep_queries(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         self._queries = output
 
-    def _reduce_with_keys(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+    def _reduce(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         if self._queries is None:
             raise RuntimeError("the key projection ran before the query projection; cannot rebuild the attention map")
         self._batches.append(

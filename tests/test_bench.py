@@ -61,7 +61,7 @@ def test_bench_tiny_reports_every_row_and_column(tmp_path, capsys):
         assert rows["none"][key] == 1.0
 
     significance = result["significance"]
-    for key in ["tower_s", "tower_with_significance_s"]:
+    for key in ["tower_s", "significance_s", "share", "tower_with_significance_s"]:
         assert math.isfinite(significance[key]) and significance[key] > 0
     assert math.isfinite(significance["overhead"])
     assert "significance cost" in printed
@@ -109,7 +109,8 @@ def test_bench_runs_every_family(tmp_path, capsys, model):
     assert "| none | " in printed and "x ideal" in printed
 
     significance = result["significance"]
-    assert math.isfinite(significance["tower_s"]) and significance["tower_s"] > 0
+    for key in ["tower_s", "significance_s", "share"]:
+        assert math.isfinite(significance[key]) and significance[key] > 0
     assert math.isfinite(significance["overhead"])
     assert "significance_full_tower" not in result
 
@@ -174,7 +175,8 @@ def test_significance_cost_on_the_published_tower_runs_its_capture(monkeypatch, 
 
     cost = bench.significance_cost_full_tower(family, torch.device("cpu"), argparse.Namespace(warmup=0, repeats=1))
     assert cost["images"] == 2 and cost["tower"].startswith(family.full_size_tower)
-    assert math.isfinite(cost["overhead"]) and cost["tower_s"] > 0
-    # The capture saw both images, each scored per LLM token: 24 x 24 CLIP patches, or 16 x 16 merged Qwen groups.
+    assert math.isfinite(cost["overhead"]) and cost["tower_s"] > 0 and 0 < cost["share"] < 1
+    # Each capture (the pass with hooks, the pass timing them) saw both images, each scored per LLM token: 24 x 24
+    # CLIP patches, or 16 x 16 merged Qwen groups.
     tokens = 576 if model == "llava_fopru" else 256
-    assert len(captured) == 1 and [len(scores) for scores in captured[0]] == [tokens, tokens]
+    assert len(captured) == 2 and all([len(scores) for scores in images] == [tokens, tokens] for images in captured)
