@@ -45,7 +45,7 @@ def column_significance(
     chunks (``attention_sums``), so even a 16384-patch image never materialises its heads x tokens x tokens map.
     """
     tokens, num_heads, _ = queries.shape
-    received, _ = attention_sums((queries * scale).transpose(0, 1), keys.transpose(0, 1), 0, max_chunk_elements)
+    received, _ = attention_sums(queries.transpose(0, 1), keys.transpose(0, 1), scale, 0, max_chunk_elements)
     return received.sum(dim=0) / (num_heads * tokens)
 
 

@@ -48,29 +48,37 @@ def chunk_elements(device: torch.device) -> int:
 
 
 def attention_sums(
-    queries: torch.Tensor, keys: torch.Tensor, num_prefix_tokens: int = 0, max_chunk_elements: int | None = None
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    scale: float,
+    num_prefix_tokens: int = 0,
+    max_chunk_elements: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Column and row sums of every map softmax(Q K^T), reduced chunk by chunk so no whole map is ever held.
 
-    queries, keys: (maps, tokens, head_dim), the queries already scaled; a "map" is one head of one image. With the
+    queries, keys: (maps, tokens, head_dim); a "map" is one head of one image, A = softmax(Q K^T * scale). With the
     first ``num_prefix_tokens`` rows and columns dropped (a CLS token) after the softmax, returns, both (maps,
-    patches) in float32:
+    patches) in float32 (float64 for float64 inputs):
       received[m, j] = sum_i A_m[i, j]   (the column sums: attention patch j receives from the patches)
       given[m, i]    = sum_j A_m[i, j]   (the row sums: attention patch i gives to the patches)
-    The softmax runs in float32 as it reads the scores, so bf16 models rank tokens stably.
+    Scores and softmax are at least float32 whatever the model's dtype: a bf16 matmul would round every score to 8
+    bits of mantissa before the softmax, which the model's own fused attention does not do. (On a float32 model the
+    upcast is free; on a GPU the float32 matmul is a small part of one layer.)
     """
     maps, tokens, _ = queries.shape
     budget = max_chunk_elements or chunk_elements(queries.device)
     rows = min(tokens, max(1, budget // tokens))
     maps_per_step = max(1, budget // (rows * tokens)) if rows == tokens else 1
-    keys_t = keys.transpose(1, 2)
-    received = torch.zeros(maps, tokens, dtype=torch.float32, device=queries.device)
-    given = torch.zeros(maps, tokens, dtype=torch.float32, device=queries.device)
+    dtype = torch.promote_types(queries.dtype, torch.float32)
+    # Scaling the (tokens x head_dim) queries is cheaper than scaling the (tokens x tokens) scores.
+    queries, keys_t = queries.to(dtype) * scale, keys.to(dtype).transpose(1, 2)
+    received = torch.zeros(maps, tokens, dtype=dtype, device=queries.device)
+    given = torch.zeros(maps, tokens, dtype=dtype, device=queries.device)
     for first_map in range(0, maps, maps_per_step):
         step = slice(first_map, first_map + maps_per_step)
         for start in range(0, tokens, rows):
             block = slice(start, start + rows)
-            attention = torch.matmul(queries[step, block], keys_t[step]).softmax(dim=-1, dtype=torch.float32)
+            attention = torch.matmul(queries[step, block], keys_t[step]).softmax(dim=-1)
             # Each softmax row sums to 1, so what a row gives the patches is 1 minus what it gives the prefix tokens:
             # no second pass over the chunk.
             given[step, block] = 1 - attention[..., :num_prefix_tokens].sum(dim=-1)
@@ -91,14 +99,14 @@ def streamed_patch_significance(
     """``patch_significance(head_averaged_attention(...))`` without the (batch, heads, tokens, tokens) map.
 
     queries, keys: (batch, tokens, num_heads * head_dim), the outputs of a layer's q/k projections. Returns
-    (batch, patches) in float32.
+    (batch, patches) in float32 (float64 for float64 inputs).
     """
     batch, tokens, width = queries.shape
     head_dim = width // num_heads
-    # One map per (image, head); scaling the queries is cheaper than scaling the scores.
-    q = (queries * scale).reshape(batch, tokens, num_heads, head_dim).transpose(1, 2).reshape(-1, tokens, head_dim)
+    # One map per (image, head).
+    q = queries.reshape(batch, tokens, num_heads, head_dim).transpose(1, 2).reshape(-1, tokens, head_dim)
     k = keys.reshape(batch, tokens, num_heads, head_dim).transpose(1, 2).reshape(-1, tokens, head_dim)
-    received, given = attention_sums(q, k, num_prefix_tokens, max_chunk_elements)
+    received, given = attention_sums(q, k, scale, num_prefix_tokens, max_chunk_elements)
     patches = tokens - num_prefix_tokens
     # The mean over heads and over the patch rows (columns) of the patch-to-patch matrix.
     column = received.reshape(batch, num_heads, patches).sum(dim=1) / (num_heads * patches)

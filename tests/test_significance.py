@@ -68,6 +68,18 @@ def test_streamed_significance_matches_the_reference(mode: str, max_chunk_elemen
         np.testing.assert_allclose(ours[image].numpy(), expected, rtol=1e-5, atol=1e-7)
 
 
+def test_bf16_projections_are_scored_in_float32() -> None:
+    """A bf16 model's queries and keys give the significance float32 computes from the same values; a bf16 matmul or
+    scaling (scores rounded to 8 bits of mantissa) would miss it by far more than the tolerance."""
+    generator = torch.Generator().manual_seed(2)
+    q = (3 * torch.randn(2, 65, 64, generator=generator)).bfloat16()
+    k = (3 * torch.randn(2, 65, 64, generator=generator)).bfloat16()
+    ours = streamed_patch_significance(q, k, 4, 16**-0.5, 1, "column")
+    exact = streamed_patch_significance(q.float(), k.float(), 4, 16**-0.5, 1, "column")
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, exact, rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize("mode", ["auto", "column", "row"])
 def test_capture_matches_the_eager_attention_of_the_feature_layer(tiny_llava: Path, mode: str) -> None:
     """Hooks on an SDPA tower reproduce what eager attention with output_attentions reports for layer L-2."""
