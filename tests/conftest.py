@@ -15,6 +15,7 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from fopru_eval.random_llava import save_random_llava  # noqa: E402
@@ -62,3 +63,26 @@ def results_of(output: Path) -> tuple[dict, dict[str, list[dict]]]:
         task = path.stem.split("_samples_", 1)[1]
         samples[task] = sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda s: s["doc_id"])
     return json.loads(results_file.read_text()), samples
+
+
+def greedy_decode_by_hand(adapter, inputs: dict, steps: int) -> list[int]:
+    """Greedy tokens from a step-by-step decode of a LLaVA adapter's prepared ``inputs`` (one row), with no cache and
+    no ``generate``: the kept features spliced into the embeddings, and every new token at the position after the last
+    one in ``position_ids``. What ``generate`` must reproduce when the pruned prompt keeps its original positions."""
+    inputs = dict(inputs)
+    features = torch.cat(inputs.pop("mm_encoder_outputs")["image"].pooler_output)
+    ids, positions = inputs["input_ids"][0], inputs["position_ids"][0]
+    embed = adapter.model.get_input_embeddings()
+    tokens = []
+    with torch.inference_mode():
+        embeds = embed(ids)
+        embeds[ids == adapter.model.config.image_token_id] = features
+        for _ in range(steps):
+            hidden = adapter.model.model.language_model(inputs_embeds=embeds[None], position_ids=positions[None])
+            token = adapter.model.lm_head(hidden.last_hidden_state[0, -1]).argmax()
+            tokens.append(int(token))
+            if token == adapter.eot_token_id:
+                break
+            embeds = torch.cat([embeds, embed(token)[None]])
+            positions = torch.cat([positions, positions[-1:] + 1])
+    return tokens

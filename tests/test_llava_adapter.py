@@ -11,7 +11,7 @@ import torch
 from lmms_eval.api.instance import Instance
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from conftest import draw_image, user_turn
+from conftest import draw_image, greedy_decode_by_hand, user_turn
 from fopru_eval.config import PruningConfig, PruningConfigError
 from fopru_model_adapters.base import Prompt
 from fopru_model_adapters.llava import LlavaFoPru
@@ -141,19 +141,7 @@ def test_original_positions_carry_through_generation(tiny_llava: Path) -> None:
     [answer] = ours._generate([prompt], {"max_new_tokens": 5})
     with torch.inference_mode():
         inputs = ours.prepare([prompt]).inputs
-        features = inputs.pop("mm_encoder_outputs")["image"].pooler_output[0]
-        ids, positions = inputs["input_ids"][0], inputs["position_ids"][0]
-        embeds = ours.model.get_input_embeddings()(ids)
-        embeds[ids == ours.model.config.image_token_id] = features
-        tokens = []
-        for _ in range(5):
-            logits = ours.model.model.language_model(inputs_embeds=embeds[None], position_ids=positions[None])
-            token = ours.model.lm_head(logits.last_hidden_state[0, -1]).argmax()
-            tokens.append(int(token))
-            if token == ours.eot_token_id:
-                break
-            embeds = torch.cat([embeds, ours.model.get_input_embeddings()(token)[None]])
-            positions = torch.cat([positions, positions[-1:] + 1])
+    tokens = greedy_decode_by_hand(ours, inputs, steps=5)
     assert answer.text == ours.tokenizer.decode(tokens, skip_special_tokens=True)
     # 3 of 6 rows were dropped, so the last prompt token sits 18 positions beyond the pruned length.
     assert int(inputs["position_ids"][0, -1]) == inputs["input_ids"].shape[1] - 1 + 18

@@ -14,7 +14,7 @@ from lmms_eval.api.instance import Instance
 from transformers import AutoProcessor, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
 from transformers.image_processing_utils import select_best_resolution
 
-from conftest import draw_image, lmms_eval, results_of, user_turn
+from conftest import draw_image, greedy_decode_by_hand, lmms_eval, results_of, user_turn
 from fopru_eval.anyres import NEWLINE, AnyresLayout
 from fopru_eval.config import PruningConfigError
 from fopru_eval.random_llava_next import save_random_llava_next
@@ -424,21 +424,8 @@ def test_original_positions_carry_through_generation(tiny_next: Path) -> None:
     prompt = prompts(1)[0]
     [answer] = ours._generate([prompt], {"max_new_tokens": 5})
     with torch.inference_mode():
-        batch = ours.prepare([prompt])
-        inputs = dict(batch.inputs)
-        features = torch.cat(inputs.pop("mm_encoder_outputs")["image"].pooler_output)
-        ids, positions = inputs["input_ids"][0], inputs["position_ids"][0]
-        embeds = ours.model.get_input_embeddings()(ids)
-        embeds[ids == ours.model.config.image_token_id] = features
-        tokens = []
-        for _ in range(5):
-            hidden = ours.model.model.language_model(inputs_embeds=embeds[None], position_ids=positions[None])
-            token = ours.model.lm_head(hidden.last_hidden_state[0, -1]).argmax()
-            tokens.append(int(token))
-            if token == ours.eot_token_id:
-                break
-            embeds = torch.cat([embeds, ours.model.get_input_embeddings()(token)[None]])
-            positions = torch.cat([positions, positions[-1:] + 1])
+        inputs = ours.prepare([prompt]).inputs
+    tokens = greedy_decode_by_hand(ours, inputs, steps=5)
     assert answer.text == ours.tokenizer.decode(tokens, skip_special_tokens=True)
     # Half of the 36 base tokens, 5 of the 10 mosaic rows (60 tokens, 5 newlines) were dropped.
     assert int(inputs["position_ids"][0, -1]) == inputs["input_ids"].shape[1] - 1 + 18 + 60 + 5
