@@ -12,11 +12,20 @@ from conftest import TASKS_DIR, draw_image, lmms_eval, results_of, user_turn
 IMAGE = draw_image("red", (0, 0, 8, 8))  # any image: only the placeholder count matters
 
 
-def test_the_adapters_resolve_through_the_entry_point() -> None:
+@pytest.mark.parametrize(
+    ("name", "chat_class", "simple_class"),
+    [
+        ("llava_fopru", "LlavaFoPruChat", "LlavaFoPru"),
+        ("llava_next_fopru", "LlavaNextFoPruChat", "LlavaNextFoPru"),
+        ("qwen2_vl_fopru", "Qwen2VLFoPruChat", "Qwen2VLFoPru"),
+        ("qwen2_5_vl_fopru", "Qwen2_5_VLFoPruChat", "Qwen2_5_VLFoPru"),
+    ],
+)
+def test_the_adapters_resolve_through_the_entry_point(name: str, chat_class: str, simple_class: str) -> None:
     from lmms_eval.models import get_model
 
-    assert get_model("llava_fopru").__name__ == "LlavaFoPruChat"
-    assert get_model("llava_fopru", force_simple=True).__name__ == "LlavaFoPru"
+    assert get_model(name).__name__ == chat_class
+    assert get_model(name, force_simple=True).__name__ == simple_class
 
 
 def test_pruned_generation_run_reports_results_and_token_counts(tiny_llava: Path, tmp_path: Path) -> None:

@@ -523,13 +523,6 @@ def test_a_generation_error_fails_loudly_naming_the_docs(tiny_next: Path) -> Non
 # ----- the lmms-eval CLI -------------------------------------------------------------------------------------------
 
 
-def test_the_adapter_resolves_through_the_entry_point() -> None:
-    from lmms_eval.models import get_model
-
-    assert get_model("llava_next_fopru").__name__ == "LlavaNextFoPruChat"
-    assert get_model("llava_next_fopru", force_simple=True).__name__ == "LlavaNextFoPru"
-
-
 def test_pruned_cli_run_reports_results_and_token_counts(tiny_next: Path, tmp_path: Path) -> None:
     output = tmp_path / "out"
     model_args = f"pretrained={tiny_next},strategy=row,keep_ratio=0.5"

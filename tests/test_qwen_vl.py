@@ -474,15 +474,6 @@ def test_strategy_none_answers_exactly_as_lmms_eval_qwen_adapters(
     assert all(s["token_counts"][0]["visual_tokens_kept"] == 16 for s in ours["samples"]["fopru_shapes_gen"])
 
 
-def test_the_adapters_resolve_through_the_entry_point() -> None:
-    from lmms_eval.models import get_model
-
-    assert get_model("qwen2_vl_fopru").__name__ == "Qwen2VLFoPruChat"
-    assert get_model("qwen2_vl_fopru", force_simple=True).__name__ == "Qwen2VLFoPru"
-    assert get_model("qwen2_5_vl_fopru").__name__ == "Qwen2_5_VLFoPruChat"
-    assert get_model("qwen2_5_vl_fopru", force_simple=True).__name__ == "Qwen2_5_VLFoPru"
-
-
 def unpruned_prompt_length(processor, sample: dict) -> int:
     image = draw_image("red", (0, 0, 8, 8), size=(336, 336))  # any 336 x 336 image: only the token count matters
     prompt = user_turn(sample["input"], [image])
