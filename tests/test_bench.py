@@ -28,6 +28,42 @@ def run_bench(tmp_path, capsys, model: str, *extra: str) -> tuple[dict, str]:
     return json.loads(output.read_text()), capsys.readouterr().out
 
 
+def check_every_row_and_figure(result: dict, printed: str, model: str, tokens: int, reference: str) -> dict:
+    """What every family's bench result must hold: each config's row with sane figures and the adapter's token
+    counts, the significance cost, and strategy=none answering exactly as lmms-eval's own adapter. Returns the rows
+    by config name."""
+    rows = {row["config"]: row for row in result["sweep"]}
+    assert list(rows) == CONFIGS
+    for name, row in rows.items():
+        assert f"| {name} |" in printed
+        for key in [*TIMES, *RATIOS, *IDEAL_RATIOS, "visual_tokens_kept", "output_tokens"]:
+            assert math.isfinite(row[key]) and row[key] > 0, (name, key, row[key])
+        # Decode time per token is a difference of two timings: on busy cores it may come out below zero.
+        assert math.isfinite(row["decode_per_token_s"])
+        # A tiny model's working set may fit in memory the process already holds: zero is a fair reading.
+        assert math.isfinite(row["peak_memory_mib"]) and row["peak_memory_mib"] >= 0
+        assert row["visual_tokens_total"] == tokens
+    # Counts come from the adapter: rank keeps floor(N * r) of each view (LLaVA-NeXT has two views per image).
+    assert rows["none"]["visual_tokens_kept"] == rows["rank@1"]["visual_tokens_kept"] == tokens
+    assert rows["rank@0.5"]["visual_tokens_kept"] == tokens // 2
+
+    significance = result["significance"]
+    for key in ["tower_s", "significance_s", "share", "tower_with_significance_s"]:
+        assert math.isfinite(significance[key]) and significance[key] > 0
+    assert math.isfinite(significance["overhead"])
+
+    compare = result["reference"]
+    assert compare["reference"] == reference
+    assert "skipped" not in compare, compare.get("skipped")
+    for key in ["ours_end_to_end_s", "reference_end_to_end_s", "ours_vs_reference"]:
+        assert math.isfinite(compare[key]) and compare[key] > 0
+    # strategy=none must answer exactly as lmms-eval's own adapter, sample for sample.
+    assert compare["reference_failed"] == 0
+    assert compare["identical_answers"] == compare["samples"] == 2
+    assert f"| {model} strategy=none |" in printed
+    return rows
+
+
 def test_bench_tiny_reports_every_row_and_column(tmp_path, capsys):
     result, printed = run_bench(tmp_path, capsys, "llava_fopru")
 
@@ -43,37 +79,12 @@ def test_bench_tiny_reports_every_row_and_column(tmp_path, capsys):
         "strategies": ["rank", "row"],
     }
 
-    rows = {row["config"]: row for row in result["sweep"]}
-    assert list(rows) == CONFIGS
-    for name, row in rows.items():
-        assert f"| {name} |" in printed
-        for key in [*TIMES, *RATIOS, *IDEAL_RATIOS, "visual_tokens_kept", "output_tokens"]:
-            assert math.isfinite(row[key]) and row[key] > 0, (name, key, row[key])
-        # Decode time per token is a difference of two timings: on busy cores it may come out below zero.
-        assert math.isfinite(row["decode_per_token_s"])
-        # A tiny model's working set may fit in memory the process already holds: zero is a fair reading.
-        assert math.isfinite(row["peak_memory_mib"]) and row["peak_memory_mib"] >= 0
-        assert row["visual_tokens_total"] == 36
-    assert rows["none"]["visual_tokens_kept"] == rows["rank@1"]["visual_tokens_kept"] == 36
-    assert rows["rank@0.5"]["visual_tokens_kept"] == 18
+    rows = check_every_row_and_figure(result, printed, "llava_fopru", tokens=36, reference="llava_hf")
     assert rows["row@0.5"]["visual_tokens_kept"] == 18  # 3 of the 6 rows of the 6 x 6 grid
     for key in RATIOS:
         assert rows["none"][key] == 1.0
-
-    significance = result["significance"]
-    for key in ["tower_s", "significance_s", "share", "tower_with_significance_s"]:
-        assert math.isfinite(significance[key]) and significance[key] > 0
-    assert math.isfinite(significance["overhead"])
     assert "significance cost" in printed
-
-    compare = result["reference"]
-    assert compare["reference"] == "llava_hf"
-    for key in ["ours_end_to_end_s", "reference_end_to_end_s", "ours_vs_reference"]:
-        assert math.isfinite(compare[key]) and compare[key] > 0
-    # strategy=none must answer exactly as lmms-eval's own llava_hf, sample for sample.
-    assert compare["reference_failed"] == 0
-    assert compare["identical_answers"] == compare["samples"] == 2
-    assert "| lmms-eval llava_hf |" in printed and "| llava_fopru strategy=none |" in printed
+    assert "| lmms-eval llava_hf |" in printed
 
 
 # Per family: visual tokens per image at tiny size (LLaVA-NeXT: the base view's 36 and the 12 x 12 unpadded mosaic of
@@ -92,36 +103,10 @@ def test_bench_runs_every_family(tmp_path, capsys, model):
     assert result["model"]["adapter"] == model
     assert result["model"]["visual_tokens_per_image"] == tokens
 
-    rows = {row["config"]: row for row in result["sweep"]}
-    assert list(rows) == CONFIGS
-    for name, row in rows.items():
-        assert f"| {name} |" in printed
-        for key in [*TIMES, *RATIOS, *IDEAL_RATIOS, "visual_tokens_kept", "output_tokens"]:
-            assert math.isfinite(row[key]) and row[key] > 0, (name, key, row[key])
-        # Decode time per token is a difference of two timings: on busy cores it may come out below zero.
-        assert math.isfinite(row["decode_per_token_s"])
-        assert math.isfinite(row["peak_memory_mib"]) and row["peak_memory_mib"] >= 0
-        assert row["visual_tokens_total"] == tokens
-    # Counts come from the adapter: rank keeps floor(N * r) of each view (LLaVA-NeXT has two views per image).
-    assert rows["none"]["visual_tokens_kept"] == rows["rank@1"]["visual_tokens_kept"] == tokens
-    assert rows["rank@0.5"]["visual_tokens_kept"] == tokens // 2
+    rows = check_every_row_and_figure(result, printed, model, tokens, reference)
     assert rows["rank@0.11"]["visual_tokens_kept"] < rows["rank@0.25"]["visual_tokens_kept"] < tokens // 2
     assert "| none | " in printed and "x ideal" in printed
-
-    significance = result["significance"]
-    for key in ["tower_s", "significance_s", "share"]:
-        assert math.isfinite(significance[key]) and significance[key] > 0
-    assert math.isfinite(significance["overhead"])
     assert "significance_full_tower" not in result
-
-    compare = result["reference"]
-    assert compare["reference"] == reference
-    assert "skipped" not in compare, compare.get("skipped")
-    for key in ["ours_end_to_end_s", "reference_end_to_end_s", "ours_vs_reference"]:
-        assert math.isfinite(compare[key]) and compare[key] > 0
-    assert compare["reference_failed"] == 0
-    assert compare["identical_answers"] == compare["samples"] == 2
-    assert f"| {model} strategy=none |" in printed
 
 
 def test_full_size_is_refused_on_the_cpu_before_anything_is_built(monkeypatch, capsys):
