@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -77,17 +77,15 @@ MID = LlavaSize(
 )
 
 
-def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained in a second on a few strings, with LLaVA's special tokens."""
+def build_tokenizer(vocab_size: int, corpus: list[str] = _CORPUS) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained in a second on ``corpus`` (a few strings), with LLaVA's special tokens."""
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
-    from tokenizers import decoders
-
-    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         unk_token="<unk>",
@@ -102,7 +100,8 @@ def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
 def sub_configs(
     size: LlavaSize, tokenizer: PreTrainedTokenizerFast, **text_overrides: Any
 ) -> tuple[CLIPVisionConfig, LlamaConfig]:
-    """The CLIP tower and the Llama LLM of a random LLaVA of ``size`` (any LLaVA family)."""
+    """The CLIP tower and the Llama LLM of a random LLaVA of ``size`` (any LLaVA family); ``text_overrides`` replace
+    or add Llama config values."""
     vision_config = CLIPVisionConfig(
         hidden_size=size.vision_hidden,
         intermediate_size=4 * size.vision_hidden,
@@ -112,32 +111,32 @@ def sub_configs(
         patch_size=size.patch_size,
         projection_dim=size.vision_hidden,
     )
-    text_config = LlamaConfig(
-        hidden_size=size.text_hidden,
-        intermediate_size=3 * size.text_hidden,
-        num_hidden_layers=size.text_layers,
-        num_attention_heads=size.text_heads,
-        num_key_value_heads=size.text_heads,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **text_overrides,
-    )
+    text_values: dict[str, Any] = {
+        "hidden_size": size.text_hidden,
+        "intermediate_size": 3 * size.text_hidden,
+        "num_hidden_layers": size.text_layers,
+        "num_attention_heads": size.text_heads,
+        "num_key_value_heads": size.text_heads,
+        "vocab_size": len(tokenizer),
+        "max_position_embeddings": 4096,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    text_config = LlamaConfig(**{**text_values, **text_overrides})
     return vision_config, text_config
 
 
-def build_random_llava(size: LlavaSize = TINY, seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """A LLaVA-1.5-architecture model with random weights and a matching processor."""
-    tokenizer = build_tokenizer(size.vocab_size)
-    vision_config, text_config = sub_configs(size, tokenizer)
-    num_patches = (size.image_size // size.patch_size) ** 2
+def random_llava_model(
+    size: LlavaSize, tokenizer: PreTrainedTokenizerFast, seed: int = 0, **text_overrides: Any
+) -> LlavaForConditionalGeneration:
+    """A LLaVA-1.5-architecture model of ``size`` with random (seeded) weights, for ``tokenizer``'s vocabulary."""
+    vision_config, text_config = sub_configs(size, tokenizer, **text_overrides)
     config = LlavaConfig(
         vision_config=vision_config,
         text_config=text_config,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=num_patches,
+        image_seq_length=(size.image_size // size.patch_size) ** 2,
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
     )
@@ -145,19 +144,29 @@ def build_random_llava(size: LlavaSize = TINY, seed: int = 0) -> tuple[LlavaForC
     model = LlavaForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def llava_processor(tokenizer: PreTrainedTokenizerFast, size: LlavaSize) -> LlavaProcessor:
+    """LLaVA-1.5's processor at ``size``'s image and patch size: square views, one placeholder per patch."""
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": size.image_size},
         crop_size={"height": size.image_size, "width": size.image_size},
     )
-    processor = LlavaProcessor(
+    return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=size.patch_size,
         vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
+        num_additional_image_tokens=1,  # the CLS token, which "default" drops
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
-    return model, processor
+
+
+def build_random_llava(size: LlavaSize = TINY, seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """A LLaVA-1.5-architecture model with random weights and a matching processor."""
+    tokenizer = build_tokenizer(size.vocab_size)
+    return random_llava_model(size, tokenizer, seed), llava_processor(tokenizer, size)
 
 
 def save_checkpoint(path: str | Path, model: PreTrainedModel, processor: ProcessorMixin) -> Path:

@@ -37,19 +37,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    CLIPImageProcessor,
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
-    PreTrainedTokenizerFast,
-)
+from transformers import LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast
 
+from fopru_eval import random_llava
 from fopru_eval.demo import scenes
-from fopru_eval.random_llava import LLAVA_CHAT_TEMPLATE, SPECIAL_TOKENS
+from fopru_eval.random_llava import LlavaSize, llava_processor, random_llava_model
 
 PATCH_SIZE = 12
 NUM_PATCHES = (scenes.IMAGE_SIZE // PATCH_SIZE) ** 2
@@ -85,76 +77,36 @@ class TrainConfig:
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Byte-level BPE, trained in a second on the chat template's words and every question and answer, so each
     word of the demo is one token (short sequences train faster) and any other text still tokenizes into bytes."""
-    corpus = ["USER: ASSISTANT:"] + scenes.vocabulary()
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tokenizer.train_from_iterator(corpus * 10, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
-        padding_side="left",
+    return random_llava.build_tokenizer(512, (["USER: ASSISTANT:"] + scenes.vocabulary()) * 10)
+
+
+def model_size(cfg: TrainConfig) -> LlavaSize:
+    return LlavaSize(
+        image_size=scenes.IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        vision_hidden=cfg.vision_hidden,
+        vision_layers=cfg.vision_layers,
+        vision_heads=cfg.vision_heads,
+        text_hidden=cfg.text_hidden,
+        text_layers=cfg.text_layers,
+        text_heads=cfg.text_heads,
     )
 
 
 def build_model(tokenizer: PreTrainedTokenizerFast, cfg: TrainConfig) -> LlavaForConditionalGeneration:
-    vision_config = CLIPVisionConfig(
-        hidden_size=cfg.vision_hidden,
-        intermediate_size=4 * cfg.vision_hidden,
-        num_hidden_layers=cfg.vision_layers,
-        num_attention_heads=cfg.vision_heads,
-        image_size=scenes.IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        projection_dim=cfg.vision_hidden,
-    )
-    text_config = LlamaConfig(
-        hidden_size=cfg.text_hidden,
-        intermediate_size=3 * cfg.text_hidden,
-        num_hidden_layers=cfg.text_layers,
-        num_attention_heads=cfg.text_heads,
-        num_key_value_heads=cfg.text_heads,
-        vocab_size=len(tokenizer),
+    # Llama's default 0.02 suits 4096-wide models; at width 128 it leaves attention almost uniform and training
+    # stalls for hundreds of steps. About 1/sqrt(width) gives healthy attention logits from step 0.
+    return random_llava_model(
+        model_size(cfg),
+        tokenizer,
+        cfg.seed,
         max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        # Llama's default 0.02 suits 4096-wide models; at width 128 it leaves attention almost uniform and
-        # training stalls for hundreds of steps. About 1/sqrt(width) gives healthy attention logits from step 0.
         initializer_range=1 / math.sqrt(cfg.text_hidden),
     )
-    config = LlavaConfig(
-        vision_config=vision_config,
-        text_config=text_config,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=NUM_PATCHES,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
-    torch.manual_seed(cfg.seed)
-    model = LlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model
 
 
 def build_processor(tokenizer: PreTrainedTokenizerFast) -> LlavaProcessor:
-    size = scenes.IMAGE_SIZE
-    image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    return LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # the CLS token, which "default" drops
-        chat_template=LLAVA_CHAT_TEMPLATE,
-    )
+    return llava_processor(tokenizer, LlavaSize(image_size=scenes.IMAGE_SIZE, patch_size=PATCH_SIZE))
 
 
 def pixels(processor: LlavaProcessor, images: list[Image.Image]) -> torch.Tensor:
