@@ -1,25 +1,18 @@
 """FoPru (Focal Pruning, arXiv 2411.14164): training-free visual-token pruning for vision-language models.
 
-The core is pure tensor code and knows nothing of lmms-eval or of any one model; the lmms-eval adapters live in
-``fopru_model_adapters``.
+Layers, each importing only the ones above it in this list:
+  ``fopru_eval.core``       pure tensor code: config, strategy and scorer registries, layouts, sequence edits
+  ``fopru_eval.families``   one file per Hugging Face model family, and the one ``prune_batch`` driver
+  ``fopru_model_adapters``  the lmms-eval wrappers (installed from ``model_adapters/``)
+  ``fopru_eval.tools``      commands on top: cli, sweep, curves, bench, checkpoints, demo
 """
 
-from fopru_eval.capture import SignificanceCapture
-from fopru_eval.config import SIGNIFICANCE_MODES, STRATEGIES, PruningConfig, PruningConfigError
-from fopru_eval.selection import select_random, select_rank, select_rows, select_tokens
-from fopru_eval.significance import head_averaged_attention, patch_significance
+from fopru_eval.core import (
+    PruningConfig,
+    PruningConfigError,
+    register_scorer,
+    register_strategy,
+)
 
-__all__ = [
-    "PruningConfig",
-    "PruningConfigError",
-    "SIGNIFICANCE_MODES",
-    "STRATEGIES",
-    "SignificanceCapture",
-    "head_averaged_attention",
-    "patch_significance",
-    "select_random",
-    "select_rank",
-    "select_rows",
-    "select_tokens",
-]
+__all__ = ["PruningConfig", "PruningConfigError", "register_scorer", "register_strategy"]
 __version__ = "0.1.0"

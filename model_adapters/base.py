@@ -1,90 +1,50 @@
 """The lmms-eval model class every FoPru adapter shares.
 
-It turns lmms-eval requests into chat prompts, batches them, runs the wrapped model on the pruned inputs that a
-family adapter prepares, and reports per-sample token counts. A family adapter (``llava.py``) only loads its model
-and implements ``prepare``: images -> vision tower -> significance -> selection -> pruned model inputs.
+It turns lmms-eval requests into chat prompts, batches them, runs the wrapped model on the inputs that
+``fopru_eval.families.prune_batch`` prunes, and reports per-sample token counts. An adapter (``llava.py``) names its
+family (``fopru_eval/families/``) and, at most, how lmms-eval's own adapter for the family builds prompts and
+finishes answers.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-import itertools
 import json
 import os
 import time
-import zlib
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from accelerate import Accelerator, DistributedType
-from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
+from lmms_eval.api.instance import GenerationResult, Instance
 from lmms_eval.api.model import lmms
 from lmms_eval.models.model_utils.gen_metrics import log_metrics
-from lmms_eval.protocol import ChatMessages
 from loguru import logger as eval_logger
-from PIL import Image
 from tqdm import tqdm
-from transformers import AutoConfig
 
-from fopru_eval.config import PRUNING_ARGS, PruningConfig
-from fopru_eval.selection import select_tokens
+from fopru_eval.core.config import PRUNING_ARGS, PruningConfig
+from fopru_eval.families import Family, Prompt, prune_batch
+from fopru_model_adapters.multi_round import MultiRoundMixin
+from fopru_model_adapters.requests import (
+    PreparedBatch,
+    prompt_from_messages,
+    prompt_from_visuals,
+    prompt_size,
+)
+
+__all__ = ["FoPruLMM", "PreparedBatch", "Prompt"]
 
 # lmms-eval forks workers to post-process docs; a Rust tokenizer thread pool that already ran batched calls then
 # aborts the process at exit ("terminate called without an active exception"), which kills torchrun ranks.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@dataclass
-class VisualTokenCounts(TokenCounts):
-    """lmms-eval's per-sample token counts plus the visual tokens the LLM kept, summed over the sample's images."""
-
-    visual_tokens_kept: int | None = None
-    visual_tokens_total: int | None = None
-
-    def to_dict(self) -> dict[str, int | None]:
-        counts = super().to_dict()
-        counts["visual_tokens_kept"] = self.visual_tokens_kept
-        counts["visual_tokens_total"] = self.visual_tokens_total
-        return counts
-
-
-@dataclass
-class Prompt:
-    """One request as the model sees it: a chat conversation and the images it shows, in order."""
-
-    messages: list[dict[str, Any]]
-    images: list[Image.Image]
-    # Which doc this is, to seed random selection identically across reruns, batch sizes and ranks.
-    doc_key: str
-
-
-@dataclass
-class PreparedBatch:
-    """Model inputs after pruning, and what the LLM saw of each sample."""
-
-    inputs: dict[str, Any]
-    visual_tokens_kept: list[int]
-    visual_tokens_total: list[int]
-    input_tokens: list[int]
-
-    def token_counts(self, i: int, output_tokens: int | None = None) -> VisualTokenCounts:
-        """Sample i's counts. An adapter whose batches know more (LLaVA-NeXT's newline tokens) returns a subclass."""
-        return VisualTokenCounts(
-            input_tokens=self.input_tokens[i],
-            output_tokens=output_tokens,
-            visual_tokens_kept=self.visual_tokens_kept[i],
-            visual_tokens_total=self.visual_tokens_total[i],
-        )
-
-
-class FoPruLMM(lmms):
-    """Shared request handling for the FoPru adapters. Subclasses set ``model_name`` and implement
-    ``check_checkpoint``, ``load`` and ``prepare``."""
+class FoPruLMM(MultiRoundMixin, lmms):
+    """Shared request handling for the FoPru adapters. Subclasses set ``model_name`` and ``family_class``."""
 
     is_simple = True
     model_name = "fopru"
+    family_class: ClassVar[type[Family]]
 
     def __init__(
         self,
@@ -102,15 +62,18 @@ class FoPruLMM(lmms):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        # Every argument is checked before any weights load, so a typo costs seconds, not a model load.
-        self.pruning, unknown = PruningConfig.from_model_args(kwargs)
-        if unknown:
+        # Every argument is checked before any weights load, so a typo costs seconds, not a model load; a misspelt
+        # name is reported first, since it may be the budget the config would otherwise say is missing.
+        if unknown := sorted(set(kwargs) - set(PRUNING_ARGS)):
             accepted = ", ".join((*_init_arguments(type(self)), *PRUNING_ARGS))
-            raise ValueError(f"{self.model_name}: unknown model args {sorted(unknown)}; accepted: {accepted}")
+            raise ValueError(f"{self.model_name}: unknown model args {unknown}; accepted: {accepted}")
+        self.pruning, _ = PruningConfig.from_model_args(kwargs)
         self.batch_size_per_gpu = _positive_int("batch_size", batch_size)
         torch_dtype = _torch_dtype(dtype)
         self.use_cache = bool(use_cache)
-        self.check_checkpoint(pretrained, revision=revision, trust_remote_code=trust_remote_code)
+        self.family_class.check_checkpoint(
+            pretrained, self.model_name, revision=revision, trust_remote_code=trust_remote_code
+        )
 
         self.accelerator = Accelerator()
         # Under torchrun on CPUs accelerate reports a single process (MULTI_CPU needs cpu=True), while lmms-eval's
@@ -132,14 +95,19 @@ class FoPruLMM(lmms):
         device_map = device_map or str(self._device)
         eval_logger.info(f"{self.model_name}: rank {self._rank} of {self._world_size} on {self._device}")
 
-        self.load(
+        self.family = self.family_class.load(
             pretrained,
+            processor_kwargs=self.processor_kwargs(),
+            family_kwargs=self.family_kwargs(),
             revision=revision,
             dtype=torch_dtype,
             device_map=device_map,
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
         )
+        self.model, self.processor = self.family.model, self.family.processor
+        self.tokenizer = self.processor.tokenizer
+        self._config = self.model.config
         if chat_template is not None:
             self.processor.chat_template = chat_template
         self.tokenizer.padding_side = "left"
@@ -147,47 +115,23 @@ class FoPruLMM(lmms):
             self._device = self.model.device
         eval_logger.info(f"{self.model_name}: pruning {self.pruning.to_dict()}")
 
-    # ----- what a family adapter provides -------------------------------------------------------------------------
+    # ----- what an adapter may change ------------------------------------------------------------------------------
 
-    # Which checkpoints an adapter wraps, for the check before any weights load.
-    model_type: str
-    model_class: type
-    example_checkpoint: str
+    def processor_kwargs(self) -> dict[str, Any]:
+        """Arguments for the processor's ``from_pretrained``, e.g. the pixel limits lmms-eval's adapter uses."""
+        return {}
 
-    def check_checkpoint(self, pretrained: str, **kwargs: Any) -> None:
-        """Raise a clear error if ``pretrained`` is not a checkpoint this adapter wraps (reads the config only)."""
-        config = AutoConfig.from_pretrained(pretrained, **kwargs)
-        if config.model_type != self.model_type:
-            raise ValueError(
-                f"{self.model_name}: pretrained={pretrained} is a {config.model_type!r} checkpoint; {self.model_name} "
-                f"wraps {self.model_class.__name__} checkpoints (model_type {self.model_type!r}, e.g. "
-                f"{self.example_checkpoint})"
-            )
-        self.check_config(config, pretrained)
-
-    def check_config(self, config: Any, pretrained: str) -> None:
-        """Family-specific checks of a checkpoint's config, e.g. that its vision tower can give FoPru its map."""
-
-    def load(self, pretrained: str, **kwargs: Any) -> None:
-        """Set ``self.model``, ``self.processor`` and ``self.tokenizer``."""
-        raise NotImplementedError
+    def family_kwargs(self) -> dict[str, Any]:
+        """Arguments for the family's constructor."""
+        return {}
 
     def prepare(self, prompts: list[Prompt], continuations: list[str] | None = None) -> PreparedBatch:
         """Processor, vision tower, significance, selection: the pruned inputs for one batch of prompts.
 
         With ``continuations``, each one's tokens follow its prompt (for loglikelihood), after the assistant turn
         opens."""
-        raise NotImplementedError
-
-    def select_image_tokens(
-        self, significance: torch.Tensor | None, grid: tuple[int, int], doc_key: str, image_index: int
-    ) -> torch.Tensor:
-        """Kept token indices, sorted, of one image (or view) laid out on ``grid``; random draws are seeded per doc
-        and image, so they do not depend on batch composition or rank."""
-        generator = None
-        if self.pruning.strategy == "random":
-            generator = torch.Generator().manual_seed(random_seed_for(self.pruning.seed, doc_key, image_index))
-        return select_tokens(self.pruning, grid, significance, generator).to(self.device)
+        continuation_ids = [self.tok_encode(c) for c in continuations] if continuations is not None else None
+        return PreparedBatch(**vars(prune_batch(self.family, self.pruning, prompts, continuation_ids)))
 
     # ----- lmms-eval plumbing --------------------------------------------------------------------------------------
 
@@ -223,22 +167,11 @@ class FoPruLMM(lmms):
         return self.task_dict[task][split][doc_id]
 
     def _prompt_from_visuals(self, ctx: str, doc_to_visual: Any, doc_id: int, task: str, split: str) -> Prompt:
-        """A simple-model request: build the user turn the way lmms-eval's chat tasks do (images, then the text)."""
         visuals = doc_to_visual(self._doc(task, split, doc_id)) if doc_to_visual is not None else []
-        images = _as_images(visuals or [], self.model_name, task, doc_id)
-        content = [{"type": "image", "url": image} for image in images] + [{"type": "text", "text": ctx}]
-        return Prompt([{"role": "user", "content": content}], images, f"{task}/{split}/{doc_id}")
+        return prompt_from_visuals(ctx, visuals or [], self.model_name, task, split, doc_id)
 
     def _prompt_from_messages(self, messages: Any, doc_id: int, task: str, split: str) -> Prompt:
-        """A chat-model request: lmms-eval's messages, validated by its own protocol class."""
-        chat = ChatMessages(messages=messages)
-        images, videos, audios = chat.extract_media()
-        if videos or audios:
-            raise ValueError(
-                f"{self.model_name}: {task} doc {doc_id} has video or audio input; only images are supported"
-            )
-        images = _as_images(images, self.model_name, task, doc_id)
-        return Prompt(chat.model_dump()["messages"], images, f"{task}/{split}/{doc_id}")
+        return prompt_from_messages(messages, self.model_name, task, split, doc_id)
 
     def generation_prompt(self, request: Instance) -> tuple[Prompt, dict[str, Any]]:
         if self.is_simple:
@@ -272,7 +205,7 @@ class FoPruLMM(lmms):
                 batch = self.prepare(prompts)
                 prompt_length = batch.inputs["input_ids"].shape[1]
                 started = time.perf_counter()
-                sequences = self.model.generate(**batch.inputs, **self._generation_config(gen_kwargs))
+                sequences = self.model.generate(**batch.inputs, **self.generation_kwargs(gen_kwargs))
                 new_tokens = sequences[:, prompt_length:].cpu()
                 elapsed = time.perf_counter() - started
         except Exception as error:
@@ -285,14 +218,14 @@ class FoPruLMM(lmms):
             total_elapsed_time=elapsed,
             total_gen_tokens=sum(output_tokens),
             avg_speed=sum(output_tokens) / elapsed if elapsed > 0 else 0.0,
-            additional_metrics=_visual_token_metrics(batch),
+            additional_metrics=batch.visual_token_metrics(),
         )
         return [
             GenerationResult(text=text, token_counts=batch.token_counts(i, output_tokens[i]))
             for i, text in enumerate(texts)
         ]
 
-    def _generation_config(self, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
+    def generation_kwargs(self, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
         """lmms-eval gen_kwargs -> ``generate`` arguments, with the defaults of lmms-eval's own ``llava_hf``.
 
         As there, ``until`` is not applied (generation ends at EOS or max_new_tokens) and sampling is on only for a
@@ -318,7 +251,7 @@ class FoPruLMM(lmms):
             groups.setdefault(json.dumps(gen_kwargs, sort_keys=True, default=str), []).append(i)
         batches = []
         for indices in groups.values():
-            indices.sort(key=lambda i: -_prompt_size(prompts[i]))
+            indices.sort(key=lambda i: -prompt_size(prompts[i]))
             batches += [indices[start : start + self.batch_size] for start in range(0, len(indices), self.batch_size)]
         return batches
 
@@ -371,94 +304,11 @@ class FoPruLMM(lmms):
             results.append(GenerationResult(text=(loss, is_greedy), token_counts=counts))  # type: ignore[arg-type]
         return results
 
-    # ----- multi-round ---------------------------------------------------------------------------------------------
-
-    def generate_until_multi_round(self, requests: list[Instance]) -> list[GenerationResult]:
-        """lmms-eval's multi-round protocol: after each answer the task's doc_to_text (simple) or doc_to_messages
-        (chat) gives the next round, until it signals the end. Rounds of one doc depend on each other, so each doc
-        runs on its own."""
-        results = []
-        for request in tqdm(requests, disable=self.rank != 0, desc=f"{self.model_name} multi-round"):
-            if self.is_simple:
-                ctx, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split = request.args
-                prompt = self._prompt_from_visuals(ctx, doc_to_visual, doc_id, task, split)
-            else:
-                ctx, doc_to_messages, gen_kwargs, doc_id, task, split = request.args
-                prompt = self._prompt_from_messages(
-                    doc_to_messages(self._doc(task, split, doc_id)), doc_id, task, split
-                )
-            doc = self._doc(task, split, doc_id)
-            outputs: list[str] = []
-            round_info = None
-            counts: TokenCounts | None = None
-            for round_idx in itertools.count(1):
-                answer = self._generate([prompt], gen_kwargs)[0]
-                outputs.append(answer.text)
-                counts = _add_counts(counts, answer.token_counts)
-                if self.is_simple:
-                    visuals, next_ctx, terminal, outputs, round_info = doc_to_text(
-                        doc, previous_output=outputs, round_idx=round_idx, previous_round_info=round_info
-                    )
-                    if terminal:
-                        break
-                    prompt = self._prompt_from_visuals(next_ctx, lambda _doc, v=visuals: v, doc_id, task, split)
-                else:
-                    messages, terminal, outputs, round_info = doc_to_messages(
-                        doc, round_idx=round_idx, previous_output=outputs, previous_round_info=round_info
-                    )
-                    if terminal:
-                        break
-                    prompt = self._prompt_from_messages(messages, doc_id, task, split)
-                outputs = list(outputs)
-            results.append(GenerationResult(text=list(outputs), token_counts=counts))  # type: ignore[arg-type]
-        return results
-
-
-def _as_images(visuals: list[Any], model_name: str, task: str, doc_id: int) -> list[Image.Image]:
-    images = []
-    for visual in visuals:
-        if not isinstance(visual, Image.Image):
-            raise TypeError(
-                f"{model_name}: {task} doc {doc_id} gives a {type(visual).__name__}; only PIL images are supported"
-            )
-        images.append(visual.convert("RGB"))
-    return images
-
-
-def _prompt_size(prompt: Prompt) -> int:
-    text = sum(len(part.get("text", "")) for message in prompt.messages for part in _content(message))
-    return text + 10_000 * len(prompt.images)
-
-
-def _content(message: dict[str, Any]) -> list[dict[str, Any]]:
-    content = message.get("content", [])
-    return [{"type": "text", "text": content}] if isinstance(content, str) else content
-
 
 def _count_until_eos(tokens: torch.Tensor, eos_id: int) -> int:
     """Generated tokens up to and including the first EOS; what follows it is batch padding."""
     eos = (tokens == eos_id).nonzero()
     return int(eos[0, 0]) + 1 if eos.numel() else tokens.numel()
-
-
-def _visual_token_metrics(batch: PreparedBatch) -> dict[str, float]:
-    total = sum(batch.visual_tokens_total)
-    return {
-        "visual_tokens_kept": sum(batch.visual_tokens_kept) / len(batch.visual_tokens_kept),
-        "visual_tokens_total": total / len(batch.visual_tokens_total),
-        "visual_keep_fraction": sum(batch.visual_tokens_kept) / total if total else 1.0,
-    }
-
-
-def _add_counts(total: TokenCounts | None, counts: TokenCounts | None) -> TokenCounts | None:
-    """Field-wise sum of two rounds' counts (of the same class); a field missing in both stays missing."""
-    if total is None or counts is None:
-        return counts if total is None else total
-    summed = {}
-    for field in dataclasses.fields(total):
-        mine, theirs = getattr(total, field.name), getattr(counts, field.name)
-        summed[field.name] = None if mine is None and theirs is None else (mine or 0) + (theirs or 0)
-    return type(total)(**summed)
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -488,8 +338,3 @@ def _torch_dtype(dtype: str) -> str | torch.dtype:
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; accepted values: {', '.join(DTYPES)}")
     return dtype if dtype == "auto" else getattr(torch, dtype)
-
-
-def random_seed_for(seed: int, doc_key: str, image_index: int) -> int:
-    """A per-image seed that depends only on the doc, so random selection is the same at any batch size or rank."""
-    return zlib.crc32(f"{seed}/{doc_key}/{image_index}".encode())

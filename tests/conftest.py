@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from fopru_eval.random_llava import save_random_llava  # noqa: E402
+from fopru_eval.tools.checkpoints.llava import save_random_llava  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS_DIR = REPO / "tasks"

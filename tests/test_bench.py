@@ -20,7 +20,7 @@ IDEAL_RATIOS = ["prefill_vs_ideal", "end_to_end_vs_ideal"]
 
 
 def run_bench(tmp_path, capsys, model: str, *extra: str) -> tuple[dict, str]:
-    from fopru_eval.cli import main
+    from fopru_eval.tools.cli import main
 
     output = tmp_path / "bench.json"
     argv = ["bench", "--model", model, "--size", "tiny", "--samples", "2", "--max-new-tokens", "2", "--repeats", "1"]
@@ -110,8 +110,8 @@ def test_bench_runs_every_family(tmp_path, capsys, model):
 
 
 def test_full_size_is_refused_on_the_cpu_before_anything_is_built(monkeypatch, capsys):
-    from fopru_eval import bench
-    from fopru_eval.cli import main
+    from fopru_eval.tools.bench import models as bench
+    from fopru_eval.tools.cli import main
 
     def explode(*args, **kwargs):
         raise AssertionError("a full-size checkpoint was built")
@@ -137,8 +137,10 @@ SHRUNK_TOWERS = {
 def test_significance_cost_on_the_published_tower_runs_its_capture(monkeypatch, model):
     import argparse
 
-    from fopru_eval import bench
-    from fopru_eval.full_size import full_size_config
+    from fopru_eval.families import hooks
+    from fopru_eval.tools import bench
+    from fopru_eval.tools.bench import runs
+    from fopru_eval.tools.checkpoints.full_size import full_size_config
 
     def shrunk(family):
         config = full_size_config(family)
@@ -146,10 +148,10 @@ def test_significance_cost_on_the_published_tower_runs_its_capture(monkeypatch, 
             setattr(config.vision_config, name, value)
         return config
 
-    monkeypatch.setattr(bench, "full_size_config", shrunk)
+    monkeypatch.setattr(runs, "full_size_config", shrunk)
     family = bench.FAMILIES[model]
     captured = []
-    capture_class = bench.SignificanceCapture if model == "llava_fopru" else bench.PackedSignificanceCapture
+    capture_class = hooks.SignificanceCapture if model == "llava_fopru" else hooks.PackedSignificanceCapture
     leave = capture_class.__exit__
 
     def keep_and_leave(self, *exc_info):
@@ -158,7 +160,7 @@ def test_significance_cost_on_the_published_tower_runs_its_capture(monkeypatch, 
 
     monkeypatch.setattr(capture_class, "__exit__", keep_and_leave)
 
-    cost = bench.significance_cost_full_tower(family, torch.device("cpu"), argparse.Namespace(warmup=0, repeats=1))
+    cost = runs.significance_cost_full_tower(family, torch.device("cpu"), argparse.Namespace(warmup=0, repeats=1))
     assert cost["images"] == 2 and cost["tower"].startswith(family.full_size_tower)
     assert math.isfinite(cost["overhead"]) and cost["tower_s"] > 0 and 0 < cost["share"] < 1
     # Each capture (the pass with hooks, the pass timing them) saw both images, each scored per LLM token: 24 x 24

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fopru_eval.config import PruningConfig, PruningConfigError
+from fopru_eval.core.config import PruningConfig, PruningConfigError
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from pathlib import Path
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from conftest import TASKS_DIR
-from fopru_eval.demo import CHECKPOINT, NONE_ACCURACY, NONE_TOLERANCE, RANDOM_011_MAX_ACCURACY, scenes
+from fopru_eval.tools.demo import CHECKPOINT, NONE_ACCURACY, NONE_TOLERANCE, RANDOM_011_MAX_ACCURACY, scenes
 
 BIN = Path(sys.executable).parent
 
@@ -59,7 +59,7 @@ def test_random_pruning_to_11_percent_hurts_the_demo_model(tmp_path: Path) -> No
 
 def test_the_demo_command_draws_the_curve(tmp_path: Path) -> None:
     """`fopru-eval demo`: the shipped model on the shipped benchmark, every point and the PNG, offline."""
-    from fopru_eval.cli import main
+    from fopru_eval.tools.cli import main
 
     output = tmp_path / "demo"
     assert main(["demo", "--output-path", str(output)]) == 0

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoProcessor, PreTrainedConfig
 
 from conftest import draw_image, user_turn
-from fopru_eval.full_size import FAMILIES, MODEL_CLASSES, full_size_config, save_random_full_size
+from fopru_eval.tools.checkpoints.full_size import FAMILIES, MODEL_CLASSES, full_size_config, save_random_full_size
 
 # ----- parameter counts from the published dimensions, independently of the configs -----------------------------------
 

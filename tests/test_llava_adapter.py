@@ -12,7 +12,7 @@ from lmms_eval.api.instance import Instance
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from conftest import draw_image, greedy_decode_by_hand, user_turn
-from fopru_eval.config import PruningConfig, PruningConfigError
+from fopru_eval.core.config import PruningConfig, PruningConfigError
 from fopru_model_adapters.base import Prompt
 from fopru_model_adapters.llava import LlavaFoPru
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
@@ -15,9 +16,10 @@ from transformers import AutoProcessor, LlamaConfig, LlavaNextConfig, LlavaNextF
 from transformers.image_processing_utils import select_best_resolution
 
 from conftest import draw_image, greedy_decode_by_hand, lmms_eval, results_of, user_turn
-from fopru_eval.anyres import NEWLINE, AnyresLayout
-from fopru_eval.config import PruningConfigError
-from fopru_eval.random_llava_next import save_random_llava_next
+from fopru_eval.core.config import PruningConfigError
+from fopru_eval.core.layout import NEWLINE, AnyresLayout
+from fopru_eval.families import keep_image
+from fopru_eval.tools.checkpoints.llava_next import save_random_llava_next
 from fopru_model_adapters.base import Prompt
 from fopru_model_adapters.llava_next import LlavaNextFoPru
 
@@ -108,7 +110,7 @@ def test_layout_matches_the_processor_and_hand_derived_unpadded_grids(tiny_next:
     processor = ours.processor
     for image, grid in zip(IMAGES, MOSAIC_GRIDS, strict=True):
         size = processor.image_processor(image, return_tensors="pt")["image_sizes"][0]
-        layout = ours.layout(size)
+        layout = ours.family.layout(size)
         assert layout.base.grid == (6, 6) and layout.mosaic.grid == grid
         assert layout.num_packed_tokens == BASE_TOKENS + grid[0] * (grid[1] + 1)
         text = processor.apply_chat_template(user_turn("Hi", [image]), add_generation_prompt=True, tokenize=False)
@@ -116,7 +118,7 @@ def test_layout_matches_the_processor_and_hand_derived_unpadded_grids(tiny_next:
         assert layout.num_packed_tokens == ids.count(ours.model.config.image_token_id)
     # 80 x 40 has two crops side by side and nothing unpadded: mosaic token (r, c) is patch (r, c % 6) of crop
     # 1 + c // 6, i.e. tower token (1 + c // 6) * 36 + r * 6 + c % 6.
-    layout = ours.layout(torch.tensor([40, 80]))
+    layout = ours.family.layout(torch.tensor([40, 80]))
     r, c = np.divmod(np.arange(72), 12)
     assert layout.mosaic.sources.tolist() == ((1 + c // 6) * 36 + r * 6 + c % 6).tolist()
 
@@ -361,15 +363,26 @@ def planted_significance(
     return significance.view(views, BASE_TOKENS)
 
 
+def keep_image_tokens(ours, features: torch.Tensor, significance: torch.Tensor, size: torch.Tensor) -> SimpleNamespace:
+    """What the driver keeps of one image (doc t/test/0, its first image): packed positions, features, counts."""
+    positions, newlines = keep_image(ours.pruning, ours.family.layout(size), significance.flatten(), "t/test/0", 0)
+    return SimpleNamespace(
+        positions=positions,
+        features=features[positions],
+        visual_tokens=positions.numel() - newlines,
+        newline_tokens=newlines,
+    )
+
+
 def test_row_keeps_whole_mosaic_rows_with_their_newlines(tiny_next: Path) -> None:
     ours = adapter(tiny_next, strategy="row", keep_ratio=0.2)  # 1 of 6 base rows, 2 of 10 mosaic rows
     size = torch.tensor([56, 64])  # 10 x 12 mosaic
-    layout = ours.layout(size)
+    layout = ours.family.layout(size)
     # Base row 4 and mosaic rows 3 and 7 carry the significance; mosaic row 7 straddles the two crop rows' seam.
     mosaic_cells = [3 * 12 + 5, 7 * 12, 7 * 12 + 11]
     significance = planted_significance(layout, 5, [4 * 6 + 2], mosaic_cells)
     features = torch.arange(layout.num_packed_tokens, dtype=torch.float32)[:, None]
-    kept = ours.keep_image_tokens(features, significance, size, "t/test/0", 0)
+    kept = keep_image_tokens(ours, features, significance, size)
     mosaic_row = lambda row: list(range(36 + row * 13, 36 + row * 13 + 13))  # noqa: E731  12 tokens, then a newline
     assert kept.positions.tolist() == list(range(24, 30)) + mosaic_row(3) + mosaic_row(7)
     assert kept.features[:, 0].tolist() == kept.positions.tolist()
@@ -379,10 +392,10 @@ def test_row_keeps_whole_mosaic_rows_with_their_newlines(tiny_next: Path) -> Non
 def test_rank_keeps_only_the_newlines_of_rows_it_touches(tiny_next: Path) -> None:
     ours = adapter(tiny_next, strategy="rank", keep_tokens=3)
     size = torch.tensor([40, 80])  # 6 x 12 mosaic
-    layout = ours.layout(size)
+    layout = ours.family.layout(size)
     significance = planted_significance(layout, 3, [0, 7, 35], [2 * 12 + 1, 2 * 12 + 8, 5 * 12 + 11])
     features = torch.zeros(layout.num_packed_tokens, 1)
-    kept = ours.keep_image_tokens(features, significance, size, "t/test/0", 0)
+    kept = keep_image_tokens(ours, features, significance, size)
     newline = lambda row: 36 + row * 13 + 12  # noqa: E731
     assert kept.positions.tolist() == [0, 7, 35, 36 + 26 + 1, 36 + 26 + 8, newline(2), 36 + 65 + 11, newline(5)]
     assert (kept.visual_tokens, kept.newline_tokens) == (6, 2)

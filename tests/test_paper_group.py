@@ -10,7 +10,7 @@ import pytest
 from lmms_eval.tasks import TaskManager
 
 from conftest import TASKS_DIR
-from fopru_eval.sweep import leaf_task_configs, needs_simple_class, resolve_tasks
+from fopru_eval.tools.sweep import leaf_task_configs, needs_simple_class, resolve_tasks
 
 BUILT_IN = Path(lmms_eval.__file__).parent / "tasks"
 PAPER = [

@@ -16,16 +16,16 @@ from transformers.models.qwen2_vl import modeling_qwen2_vl
 from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
 from conftest import TASKS_DIR, draw_image, lmms_eval, results_of, user_turn
-from fopru_eval.config import PruningConfigError
-from fopru_eval.packed_significance import choose_significance, column_significance
-from fopru_eval.random_qwen_vl import save_random_qwen_vl
+from fopru_eval.core.attention import fopru_significance
+from fopru_eval.core.config import PruningConfigError
+from fopru_eval.families.qwen_vl import qwen_vl_utils_smart_resize
+from fopru_eval.tools.checkpoints.qwen_vl import save_random_qwen_vl
 from fopru_model_adapters.base import Prompt
 from fopru_model_adapters.qwen_vl import (
     Qwen2_5_VLFoPru,
     Qwen2_5_VLFoPruChat,
     Qwen2VLFoPru,
     QwenVLFoPru,
-    qwen_vl_utils_smart_resize,
 )
 
 FAMILIES = {"qwen2_vl": Qwen2VLFoPru, "qwen2_5_vl": Qwen2_5_VLFoPru}
@@ -282,14 +282,18 @@ def test_column_significance_in_chunks_equals_the_whole_map() -> None:
     attention = np.exp(scores - scores.max(axis=-1, keepdims=True))
     attention /= attention.sum(axis=-1, keepdims=True)
     expected = attention.mean(axis=0).mean(axis=0)
-    np.testing.assert_allclose(column_significance(q, k, 0.5, max_chunk_elements=100).numpy(), expected, rtol=1e-6)
+    # The packed towers' scoring: one image, (1, heads, tokens, head_dim), no prefix token.
+    column = fopru_significance(q.transpose(0, 1)[None], k.transpose(0, 1)[None], 0.5, 0, "column", 100)[0]
+    np.testing.assert_allclose(column.numpy(), expected, rtol=1e-6)
 
 
 def test_row_significance_is_uniform_so_auto_picks_column() -> None:
-    column = torch.tensor([0.1, 0.4, 0.2, 0.3])
-    assert torch.equal(choose_significance(column, "auto"), column)
-    assert torch.equal(choose_significance(column, "row"), torch.full((4,), 0.25))
-    assert torch.equal(choose_significance(torch.full((4,), 0.25), "auto"), torch.full((4,), 0.25))
+    q, k = torch.randn(2, 1, 3, 4, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    column = fopru_significance(q, k, 0.5, 0, "column")
+    assert torch.equal(fopru_significance(q, k, 0.5, 0, "auto"), column)
+    assert torch.equal(fopru_significance(q, k, 0.5, 0, "row"), torch.full((1, 4), 0.25, dtype=torch.float64))
+    flat = torch.zeros_like(q)  # every score equal: column and row are both uniform, and auto takes row
+    assert torch.equal(fopru_significance(flat, k, 0.5, 0, "auto"), torch.full((1, 4), 0.25, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -317,7 +321,7 @@ def test_images_are_resized_exactly_as_qwen_vl_utils_resizes_them(
         assert qwen_vl_utils_smart_resize(size[1], size[0], 28, *limits) == expected
     ours = adapter(checkpoints, "qwen2_vl", strategy="none")
     reference = qwen_vl_utils.fetch_image({"image": image, **PIXELS})
-    assert np.array_equal(np.asarray(ours._presize(image)), np.asarray(reference))
+    assert np.array_equal(np.asarray(ours.family.prepare_image(image)), np.asarray(reference))
 
 
 def test_answers_are_finished_as_lmms_eval_finishes_them() -> None:
@@ -383,7 +387,7 @@ def test_bad_model_args_fail_before_weights_load(
     checkpoints: dict[str, Path], family: str, args: dict, message: str
 ) -> None:
     cls = FAMILIES[family]
-    with mock.patch.object(cls.model_class, "from_pretrained", side_effect=AssertionError("loaded")):
+    with mock.patch.object(cls.family_class.model_class, "from_pretrained", side_effect=AssertionError("loaded")):
         with pytest.raises((PruningConfigError, ValueError), match=message):
             cls(pretrained=str(checkpoints[family]), device="cpu", **args)
 
@@ -404,7 +408,7 @@ def test_checkpoints_of_another_family_are_refused_before_weights_load(
         (Qwen2_5_VLFoPru, tmp_path / "windowed_only", "no full-attention vision block"),
     ]
     for cls, path, message in cases:
-        with mock.patch.object(cls.model_class, "from_pretrained", side_effect=AssertionError("loaded")):
+        with mock.patch.object(cls.family_class.model_class, "from_pretrained", side_effect=AssertionError("loaded")):
             with pytest.raises(ValueError, match=message):
                 cls(pretrained=str(path), device="cpu", strategy="rank", keep_ratio=0.5)
 

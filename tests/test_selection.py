@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fopru_eval.config import PruningConfig
-from fopru_eval.selection import select_random, select_rank, select_rows, select_tokens
-from fopru_eval.significance import patch_significance
+from fopru_eval.core.attention import patch_significance
+from fopru_eval.core.config import PruningConfig, select_tokens
+from fopru_eval.core.strategies import select_random, select_rank, select_rows
 
 
 def test_rank_keeps_the_largest_in_raster_order() -> None:

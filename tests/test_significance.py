@@ -10,8 +10,8 @@ import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from conftest import draw_image
-from fopru_eval.capture import SignificanceCapture
-from fopru_eval.significance import head_averaged_attention, patch_significance, streamed_patch_significance
+from fopru_eval.core.attention import head_averaged_attention, patch_significance, streamed_patch_significance
+from fopru_eval.families.hooks import SignificanceCapture
 
 
 def reference_significance(attention: np.ndarray, mode: str) -> np.ndarray:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TASKS_DIR
-from fopru_eval import cli
-from fopru_eval.curves import REFERENCE, curves_from_rows, write_pngs
-from fopru_eval.sweep import SweepError, needs_simple_class, plan_points, visual_token_stats
+from fopru_eval.tools import cli
+from fopru_eval.tools.curves import REFERENCE, curves_from_rows, write_pngs
+from fopru_eval.tools.sweep import SweepError, needs_simple_class, plan_points, visual_token_stats
 
 BIN = Path(sys.executable).parent
 # The tiny checkpoint's images are 6 x 6 = 36 visual tokens: rank keeps floor(36 r), row floor(6 r) rows of 6.
@@ -194,7 +194,7 @@ def test_sweep_evaluates_every_point_on_one_model_and_logs_one_wandb_run(tiny_ll
 
 def test_two_process_sweep_writes_one_wandb_run_and_gathers_every_doc(tiny_llava: Path, tmp_path: Path) -> None:
     """torchrun on the CPU: both ranks evaluate, only rank 0 writes files and W&B."""
-    launcher = [str(BIN / "torchrun"), "--nproc_per_node=2", "--master_port=29521", "-m", "fopru_eval.cli"]
+    launcher = [str(BIN / "torchrun"), "--nproc_per_node=2", "--master_port=29521", "-m", "fopru_eval.tools.cli"]
     run = fopru_eval(["sweep", "--model_args", f"pretrained={tiny_llava}", "--tasks", "fopru_shapes_gen",
                       "--strategies", "rank", "--keep-ratios", "1,0.5", "--limit", "5", "--device", "cpu",
                       "--include_path", str(TASKS_DIR), "--output_path", "out", "--wandb-project", "fopru-test"],

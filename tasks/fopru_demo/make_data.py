@@ -1,4 +1,4 @@
-"""Write the fopru_demo test set: held-out scenes and questions from ``fopru_eval.demo.scenes``.
+"""Write the fopru_demo test set: held-out scenes and questions from ``fopru_eval.tools.demo.scenes``.
 
 The scenes use seeds from ``scenes.TEST_SEED_OFFSET`` upwards, which the demo model's training never draws. The
 question kinds come in turn (colour at a cell, shape at a cell, count, colour of a neighbour, shape of a
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import datasets
 
-from fopru_eval.demo import scenes
+from fopru_eval.tools.demo import scenes
 
 NUM_DOCS = 200
 

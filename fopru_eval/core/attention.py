@@ -1,4 +1,4 @@
-"""Token significance from one vision layer's attention (FoPru, arXiv 2411.14164, section 3.2).
+"""Token significance from one vision layer's softmax attention (FoPru, arXiv 2411.14164, section 3.2).
 
 Everything here is pure tensor code: it knows nothing about any model or about lmms-eval.
 """
@@ -101,16 +101,42 @@ def streamed_patch_significance(
     queries, keys: (batch, tokens, num_heads * head_dim), the outputs of a layer's q/k projections. Returns
     (batch, patches) in float32 (float64 for float64 inputs).
     """
-    batch, tokens, width = queries.shape
-    head_dim = width // num_heads
+    q, k = split_heads(queries, num_heads), split_heads(keys, num_heads)
+    return fopru_significance(q, k, scale, num_prefix_tokens, mode, max_chunk_elements)
+
+
+def split_heads(projection: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """A q or k projection's (batch, tokens, num_heads * head_dim) output as (batch, num_heads, tokens, head_dim)."""
+    batch, tokens, width = projection.shape
+    return projection.reshape(batch, tokens, num_heads, width // num_heads).transpose(1, 2)
+
+
+def fopru_significance(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    scale: float,
+    num_prefix_tokens: int,
+    mode: str = "auto",
+    max_chunk_elements: int | None = None,
+) -> torch.Tensor:
+    """FoPru's significance of every patch, from the queries and keys of one attention layer, in bounded memory.
+
+    queries, keys: (images, heads, tokens, head_dim). The first ``num_prefix_tokens`` tokens (a CLS token) are dropped
+    after the softmax. Returns (images, patches) in float32 (float64 for float64 inputs).
+    """
+    images, heads, tokens, head_dim = queries.shape
     # One map per (image, head).
-    q = queries.reshape(batch, tokens, num_heads, head_dim).transpose(1, 2).reshape(-1, tokens, head_dim)
-    k = keys.reshape(batch, tokens, num_heads, head_dim).transpose(1, 2).reshape(-1, tokens, head_dim)
-    received, given = attention_sums(q, k, scale, num_prefix_tokens, max_chunk_elements)
+    received, given = attention_sums(
+        queries.reshape(-1, tokens, head_dim),
+        keys.reshape(-1, tokens, head_dim),
+        scale,
+        num_prefix_tokens,
+        max_chunk_elements,
+    )
     patches = tokens - num_prefix_tokens
     # The mean over heads and over the patch rows (columns) of the patch-to-patch matrix.
-    column = received.reshape(batch, num_heads, patches).sum(dim=1) / (num_heads * patches)
-    row = given.reshape(batch, num_heads, patches).sum(dim=1) / (num_heads * patches)
+    column = received.reshape(images, heads, patches).sum(dim=1) / (heads * patches)
+    row = given.reshape(images, heads, patches).sum(dim=1) / (heads * patches)
     return choose_significance(column=column, row=row, mode=mode)
 
 

@@ -1,6 +1,6 @@
 """Train the demo vision-language model the way LLaVA-1.5 is built, at toy scale, on the CPU in a few minutes.
 
-    python -m fopru_eval.demo.train --output fopru_eval/demo/checkpoint
+    python -m fopru_eval.tools.demo.train --output fopru_eval/demo/checkpoint
 
 Stage 1 (the vision encoder). A small CLIP ViT (96 px images, 12 px patches: 8 x 8 = 64 patch tokens plus CLS)
 learns the synthetic scenes from its CLS token alone: a linear head on the pooled CLS output predicts, for each of
@@ -39,9 +39,9 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast
 
-from fopru_eval import random_llava
-from fopru_eval.demo import scenes
-from fopru_eval.random_llava import LlavaSize, llava_processor, random_llava_model
+from fopru_eval.tools.checkpoints import llava as random_llava
+from fopru_eval.tools.checkpoints.llava import LlavaSize, llava_processor, random_llava_model
+from fopru_eval.tools.demo import scenes
 
 PATCH_SIZE = 12
 NUM_PATCHES = (scenes.IMAGE_SIZE // PATCH_SIZE) ** 2

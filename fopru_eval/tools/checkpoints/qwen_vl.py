@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerFast,
@@ -27,7 +26,8 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from fopru_eval.random_llava import save_checkpoint
+from fopru_eval.tools.checkpoints.llava import save_checkpoint
+from fopru_eval.tools.checkpoints.tokenizers import CORPUS, train_bpe_tokenizer
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 
@@ -59,14 +59,8 @@ SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 
-# Enough words for the chat template and the shipped tasks' prompts to tokenize into real sub-words.
-_CORPUS = [
-    "system\nYou are a helpful assistant.\nuser\nassistant\n",
-    "What color is the shape in the top left cell? Answer the question using a single word or phrase.",
-    "Which shape is in the center? circle square triangle red green blue yellow top bottom left right middle",
-    "Is there a red circle in the image? yes no A B C D the of and to in is it what where how many one two three",
-    "0 1 2 3 4 5 6 7 8 9 . , ? ! : ; ( ) - ' \" answer question option image picture object cell row column",
-]
+# The chat template's words, then the shared ones.
+_CORPUS = ["system\nYou are a helpful assistant.\nuser\nassistant\n", *CORPUS]
 
 
 @dataclass(frozen=True)
@@ -98,19 +92,7 @@ TINY = QwenVLSize()
 
 def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained in a second on a few strings, with Qwen-VL's special tokens and roles."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        padding_side="left",
-    )
+    return train_bpe_tokenizer(vocab_size, SPECIAL_TOKENS, _CORPUS, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
 def build_random_qwen_vl(

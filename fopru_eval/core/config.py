@@ -1,21 +1,27 @@
-"""The pruning configuration users type in ``--model_args``, parsed and validated before any weights load."""
+"""The pruning configuration users type in ``--model_args``, parsed and validated before any weights load.
+
+``strategy`` and ``significance`` are names in the strategy and scorer registries (``strategies.py``, ``scoring.py``),
+including a user's own ``package.module:function``; everything else is a plain value.
+"""
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-STRATEGIES = ("rank", "row", "random", "none")
-SIGNIFICANCE_MODES = ("auto", "column", "row")
+import torch
+
+from fopru_eval.core.budget import Budget
+from fopru_eval.core.registry import PruningConfigError
+from fopru_eval.core.scoring import SCORERS, Scorer
+from fopru_eval.core.strategies import STRATEGIES, Strategy, apply_strategy
+
 POSITION_MODES = ("compact", "original")
 
 # Model args that belong to pruning; everything else passes through to the wrapped model.
 PRUNING_ARGS = ("strategy", "keep_ratio", "keep_tokens", "significance", "positions", "seed")
 
-
-class PruningConfigError(ValueError):
-    """A pruning argument has a value we do not accept; the message names the argument and the accepted values."""
+__all__ = ["POSITION_MODES", "PRUNING_ARGS", "PruningConfig", "PruningConfigError", "select_tokens"]
 
 
 @dataclass(frozen=True)
@@ -36,14 +42,8 @@ class PruningConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise PruningConfigError(
-                f"strategy={self.strategy!r} is not supported; accepted values: {', '.join(STRATEGIES)}"
-            )
-        if self.significance not in SIGNIFICANCE_MODES:
-            raise PruningConfigError(
-                f"significance={self.significance!r} is not supported; accepted values: {', '.join(SIGNIFICANCE_MODES)}"
-            )
+        selection = self.selection  # looked up first: an unknown strategy is the first thing to hear about
+        self.scorer  # noqa: B018 - validates significance
         if self.positions not in POSITION_MODES:
             raise PruningConfigError(
                 f"positions={self.positions!r} is not supported; accepted values: {', '.join(POSITION_MODES)}"
@@ -59,16 +59,35 @@ class PruningConfig:
             )
         if self.keep_tokens is not None and self.keep_tokens < 1:
             raise PruningConfigError(f"keep_tokens={self.keep_tokens} is out of range; accepted values: integers >= 1")
-        if self.strategy == "none":
-            if self.keep_tokens is not None or self.keep_ratio not in (None, 1.0):
+        if not selection.uses_budget:
+            if not self.budget.keeps_everything:
                 raise PruningConfigError(
-                    "strategy=none keeps every visual token; drop keep_ratio/keep_tokens or set keep_ratio=1"
+                    f"strategy={self.strategy} keeps every visual token; drop keep_ratio/keep_tokens or set "
+                    "keep_ratio=1"
                 )
         elif self.keep_ratio is None and self.keep_tokens is None:
             raise PruningConfigError(
                 f"strategy={self.strategy} needs a budget: keep_ratio (a fraction in (0, 1]) "
-                "or keep_tokens (an integer >= 1)"
+                "or keep_tokens (an integer >= 1), e.g. strategy=rank,keep_tokens=64"
             )
+
+    @property
+    def selection(self) -> Strategy:
+        """The registered strategy ``strategy`` names."""
+        return STRATEGIES.get(self.strategy)
+
+    @property
+    def scorer(self) -> Scorer:
+        """The registered scorer ``significance`` names."""
+        return SCORERS.get(self.significance)
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.keep_ratio, self.keep_tokens)
+
+    @property
+    def needs_scores(self) -> bool:
+        return self.selection.needs_scores
 
     @classmethod
     def from_model_args(cls, model_args: dict[str, Any]) -> tuple[PruningConfig, dict[str, Any]]:
@@ -78,7 +97,10 @@ class PruningConfig:
         """
         rest = {k: v for k, v in model_args.items() if k not in PRUNING_ARGS}
         if "strategy" not in model_args:
-            raise PruningConfigError(f"strategy is required; accepted values: {', '.join(STRATEGIES)}")
+            raise PruningConfigError(
+                f"strategy is required; accepted values: {STRATEGIES.accepted()} "
+                "(e.g. strategy=rank,keep_tokens=64, or strategy=none for the unpruned model)"
+            )
         config = cls(
             strategy=str(model_args["strategy"]),
             keep_ratio=_as_number(model_args, "keep_ratio", float),
@@ -90,28 +112,32 @@ class PruningConfig:
         return config, rest
 
     def tokens_to_keep(self, num_tokens: int) -> int:
-        """Token budget for one image of ``num_tokens`` visual tokens: floor(N * r) or keep_tokens, at least 1."""
-        if self.strategy == "none":
-            return num_tokens
-        if self.keep_tokens is not None:
-            return min(self.keep_tokens, num_tokens)
-        return _floor_fraction(num_tokens, self.keep_ratio)
+        """Token budget for one view of ``num_tokens`` visual tokens: floor(N * r) or keep_tokens, at least 1."""
+        return self.budget.tokens(num_tokens)
 
     def rows_to_keep(self, num_rows: int, num_cols: int) -> int:
         """Row budget for ``strategy=row``: floor(R * r) rows, or the whole rows keep_tokens allows; at least 1."""
-        if self.strategy == "none":
-            return num_rows
-        if self.keep_tokens is not None:
-            return max(1, min(num_rows, self.keep_tokens // num_cols))
-        return _floor_fraction(num_rows, self.keep_ratio)
+        return self.budget.rows(num_rows, num_cols)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "strategy": self.strategy,
+            "keep_ratio": self.keep_ratio,
+            "keep_tokens": self.keep_tokens,
+            "significance": self.significance,
+            "positions": self.positions,
+            "seed": self.seed,
+        }
 
 
-def _floor_fraction(n: int, ratio: float) -> int:
-    # The small epsilon keeps floor(100 * 0.29) at 29 despite 0.29 having no exact binary form.
-    return max(1, min(n, math.floor(n * ratio + 1e-9)))
+def select_tokens(
+    config: PruningConfig,
+    grid: tuple[int, int],
+    significance: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Kept indices, sorted ascending, of one view whose ``rows * cols`` tokens lie on ``grid`` in raster order."""
+    return apply_strategy(config.selection, config.budget, grid, significance, generator)
 
 
 def _as_number(model_args: dict[str, Any], name: str, kind: type) -> Any:

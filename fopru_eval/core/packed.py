@@ -3,7 +3,11 @@
 Such a tower has no CLS token, runs every image's patches as one sequence split by ``cu_seqlens`` (attention never
 crosses images in a full-attention block), rotates queries and keys with a 2-D rotary embedding, and its merger
 turns each 2 x 2 group of neighbouring patches (consecutive in the sequence) into one LLM token. From one block's
-fused qkv projection, this module computes FoPru's significance per image and pools it to one score per LLM token.
+fused qkv projection, this module scores each image on its own and pools the scores to one per LLM token.
+
+With no CLS token, every softmax row sums to 1 over the patches alone, so FoPru's row significance (the attention a
+token gives, mean_j A[i, j]) is exactly 1 / N for every token and carries no information: ``auto`` picks the column
+significance unless that is flat too, and ``row`` ranks a uniform vector, so rank and row fall back to raster order.
 
 Everything here is pure tensor code: it knows nothing about any model or about lmms-eval.
 """
@@ -12,8 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from fopru_eval.significance import attention_sums
-from fopru_eval.significance import choose_significance as choose_column_or_row
+from fopru_eval.core.scoring import ScoreFunction
 
 
 def rotate_queries_and_keys(
@@ -36,30 +39,6 @@ def rotate_queries_and_keys(
     return rotate(queries), rotate(keys)
 
 
-def column_significance(
-    queries: torch.Tensor, keys: torch.Tensor, scale: float, max_chunk_elements: int | None = None
-) -> torch.Tensor:
-    """s_col[j] = mean over heads h and queries i of softmax_j(q_i . k_j * scale): the attention token j receives.
-
-    queries, keys: (tokens, num_heads, head_dim) of one image. Returns (tokens,) in float32. The map is reduced in
-    chunks (``attention_sums``), so even a 16384-patch image never materialises its heads x tokens x tokens map.
-    """
-    tokens, num_heads, _ = queries.shape
-    received, _ = attention_sums(queries.transpose(0, 1), keys.transpose(0, 1), scale, 0, max_chunk_elements)
-    return received.sum(dim=0) / (num_heads * tokens)
-
-
-def choose_significance(column: torch.Tensor, mode: str) -> torch.Tensor:
-    """FoPru's row/column choice for a tower without a CLS token.
-
-    Every softmax row sums to 1, and with no CLS column to drop, the row significance (the attention a token gives,
-    mean_j A[i, j]) is exactly 1 / N for every token: it carries no information. ``auto`` (the larger variance wins,
-    ties pick row) therefore always picks the column significance unless that is flat too; ``row`` keeps the
-    uniform vector, so rank and row selection fall back to the lowest indices (raster order).
-    """
-    return choose_column_or_row(column, torch.full_like(column, 1.0 / column.numel()), mode)
-
-
 def pool_merge_groups(significance: torch.Tensor, merge_unit: int) -> torch.Tensor:
     """One score per LLM token: the mean significance of the ``merge_unit`` (2 x 2 = 4) patches the merger joins.
 
@@ -77,19 +56,25 @@ def packed_image_significance(
     cu_seqlens: torch.Tensor,
     num_heads: int,
     scale: float,
-    mode: str,
+    score: ScoreFunction,
     merge_unit: int,
 ) -> list[torch.Tensor]:
     """Significance per LLM token of every image in a packed sequence, in the sequence's order.
 
-    Each image (segment ``cu_seqlens[i]:cu_seqlens[i + 1]``) gets its own attention map, as in the block itself.
+    Each image (segment ``cu_seqlens[i]:cu_seqlens[i + 1]``) gets its own attention map, as in the block itself, scored
+    by ``score`` (a scorer's function) with no prefix tokens, then pooled per merge group.
     """
     queries, keys = rotate_queries_and_keys(qkv, cos, sin, num_heads)
     bounds = cu_seqlens.tolist()
     return [
-        pool_merge_groups(choose_significance(column_significance(queries[a:b], keys[a:b], scale), mode), merge_unit)
+        pool_merge_groups(score(_one_image(queries[a:b]), _one_image(keys[a:b]), scale, 0)[0], merge_unit)
         for a, b in zip(bounds[:-1], bounds[1:], strict=True)
     ]
+
+
+def _one_image(tokens_heads_dim: torch.Tensor) -> torch.Tensor:
+    """(tokens, heads, head_dim) -> the scorers' (1, heads, tokens, head_dim)."""
+    return tokens_heads_dim.transpose(0, 1).unsqueeze(0)
 
 
 def undo_window_order(per_image: list[torch.Tensor], window_index: torch.Tensor) -> list[torch.Tensor]:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -23,6 +22,8 @@ from transformers import (
     PreTrainedTokenizerFast,
     ProcessorMixin,
 )
+
+from fopru_eval.tools.checkpoints.tokenizers import CORPUS, train_bpe_tokenizer
 
 # The layout of llava-hf/llava-1.5-*-hf's own chat template: "USER: <image>\n{text} ASSISTANT:".
 LLAVA_CHAT_TEMPLATE = (
@@ -37,14 +38,8 @@ LLAVA_CHAT_TEMPLATE = (
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
-# Enough words for prompts of the shipped tasks and the chat template to tokenize into real sub-words.
-_CORPUS = [
-    "USER: ASSISTANT: A chat between a curious user and an artificial intelligence assistant.",
-    "What color is the shape in the top left cell? Answer the question using a single word or phrase.",
-    "Which shape is in the center? circle square triangle red green blue yellow top bottom left right middle",
-    "Is there a red circle in the image? yes no A B C D the of and to in is it what where how many one two three",
-    "0 1 2 3 4 5 6 7 8 9 . , ? ! : ; ( ) - ' \" answer question option image picture object cell row column",
-]
+# The chat template's words, then the shared ones.
+_CORPUS = ["USER: ASSISTANT: A chat between a curious user and an artificial intelligence assistant.", *CORPUS]
 
 
 @dataclass(frozen=True)
@@ -79,21 +74,15 @@ MID = LlavaSize(
 
 def build_tokenizer(vocab_size: int, corpus: list[str] = _CORPUS) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained in a second on ``corpus`` (a few strings), with LLaVA's special tokens."""
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tokenizer.train_from_iterator(corpus, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
+    return train_bpe_tokenizer(
+        vocab_size,
+        SPECIAL_TOKENS,
+        corpus,
         unk_token="<unk>",
         bos_token="<s>",
         eos_token="</s>",
         pad_token="<pad>",
         extra_special_tokens={"image_token": "<image>"},
-        padding_side="left",
     )
 
 

@@ -23,30 +23,23 @@ from transformers import (
     CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
-    LlavaForConditionalGeneration,
     LlavaNextConfig,
-    LlavaNextForConditionalGeneration,
     PreTrainedConfig,
     PreTrainedModel,
     ProcessorMixin,
     Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
     Qwen2VLConfig,
-    Qwen2VLForConditionalGeneration,
 )
 
-from fopru_eval import random_llava, random_qwen_vl
-from fopru_eval.random_llava import build_random_llava, save_checkpoint
-from fopru_eval.random_llava_next import build_random_llava_next
-from fopru_eval.random_qwen_vl import build_random_qwen_vl
+from fopru_eval.families import FAMILIES as MODEL_FAMILIES
+from fopru_eval.tools.checkpoints import llava as random_llava
+from fopru_eval.tools.checkpoints import qwen_vl as random_qwen_vl
+from fopru_eval.tools.checkpoints.llava import build_random_llava, save_checkpoint
+from fopru_eval.tools.checkpoints.llava_next import build_random_llava_next
+from fopru_eval.tools.checkpoints.qwen_vl import build_random_qwen_vl
 
 FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl")
-MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
-    "llava": LlavaForConditionalGeneration,
-    "llava_next": LlavaNextForConditionalGeneration,
-    "qwen2_vl": Qwen2VLForConditionalGeneration,
-    "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
-}
+MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {name: MODEL_FAMILIES[name].model_class for name in FAMILIES}
 
 # The size the offline BPE tokenizers are trained towards, as for random_llava.MID: their small corpus runs out of
 # merges first (a few hundred tokens), so prompts tokenize into real sub-words.

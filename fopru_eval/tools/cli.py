@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fopru_eval import bench, sweep
-from fopru_eval.random_llava import MID, TINY, save_random_llava
+from fopru_eval.tools import bench, sweep
+from fopru_eval.tools.checkpoints.llava import MID, TINY, save_random_llava
 
 
 def make_random_llava(args: argparse.Namespace) -> int:
@@ -17,7 +17,7 @@ def make_random_llava(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     """The shipped demo model on the shipped fopru_demo benchmark: the accuracy curve for rank, row, random, none."""
-    from fopru_eval.demo import CHECKPOINT
+    from fopru_eval.tools.demo import CHECKPOINT
 
     sweep_parser = argparse.ArgumentParser()
     sweep.add_arguments(sweep_parser)

@@ -2,6 +2,12 @@
 
 Processors expand each image placeholder into one id per visual token, so the LLM input must lose exactly the ids
 of the tokens we drop. Sequences are found from ``input_ids`` themselves, never from hard-coded offsets.
+
+Positions. Each kept token may keep the position it had in the unpruned sequence: a 1-D index for LLaVA
+(``positions=original``), or Qwen-VL's 3-D M-RoPE (t, h, w) position, where text tokens count up on all three axes, an
+image's tokens take their (t, h, w) on the merged grid, and text after an image resumes after the image's largest
+position. Then the LLM sees kept visual tokens where they were and the question text exactly where the unpruned model
+would see it.
 """
 
 from __future__ import annotations
@@ -52,3 +58,21 @@ def left_pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch
         input_ids[i, length - row.numel() :] = row
         attention_mask[i, length - row.numel() :] = 1
     return input_ids, attention_mask
+
+
+def generation_position_ids(positions: list[torch.Tensor]) -> torch.Tensor:
+    """(4, batch, length) position ids for a left-padded batch, in the layout ``generate`` itself builds for Qwen-VL.
+
+    ``positions[b]`` is the (3, length_b) M-RoPE positions of row b's real tokens. Row 0 of the result holds the text
+    positions 0..length_b - 1 (attention masks and flash attention read it), rows 1-3 the M-RoPE positions; padding
+    gets 0 everywhere, as in transformers. ``generate`` then gives each new token ``last position + 1`` on all four
+    rows, which for M-RoPE is the unpruned sequence's next position: the last prompt token is text, and text
+    positions are equal on the three axes and above every earlier token's.
+    """
+    length = max(p.shape[1] for p in positions)
+    position_ids = positions[0].new_zeros((4, len(positions), length))
+    for row, p in enumerate(positions):
+        start = length - p.shape[1]
+        position_ids[0, row, start:] = torch.arange(p.shape[1], device=p.device)
+        position_ids[1:, row, start:] = p
+    return position_ids

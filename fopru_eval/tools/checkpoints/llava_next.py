@@ -19,7 +19,14 @@ from transformers import (
     LlavaNextProcessor,
 )
 
-from fopru_eval.random_llava import LLAVA_CHAT_TEMPLATE, TINY, LlavaSize, build_tokenizer, save_checkpoint, sub_configs
+from fopru_eval.tools.checkpoints.llava import (
+    LLAVA_CHAT_TEMPLATE,
+    TINY,
+    LlavaSize,
+    build_tokenizer,
+    save_checkpoint,
+    sub_configs,
+)
 
 # llava-v1.6's pinpoints, in units of one crop (336 px there): (height, width) multiples of the crop size.
 CROP_LAYOUTS = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))

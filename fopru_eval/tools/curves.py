@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fopru_eval.core.strategies import STRATEGIES
+
 TOKENS = "visual_tokens_kept_mean"
 REFERENCE = "none (unpruned)"
 X_LABEL = "mean visual tokens kept per doc"
@@ -42,7 +44,7 @@ def curves_from_rows(rows: list[dict[str, Any]]) -> list[Curve]:
             tokens, score = row.get(f"{task}/{TOKENS}"), row.get(key)
             if tokens is None or score is None or math.isnan(score):
                 continue
-            if row["strategy"] == "none":
+            if not STRATEGIES.get(row["strategy"]).uses_budget:  # strategy=none: the unpruned reference
                 curve.reference = (tokens, score)
             else:
                 lines[row["strategy"]].append((tokens, score))

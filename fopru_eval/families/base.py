@@ -1,0 +1,254 @@
+"""A model family, and the one driver that prunes a batch for every family.
+
+    prompts -> processor -> vision tower (significance captured by the config's scorer) -> per image, per view:
+    the config's strategy selects -> the layout keeps row markers -> placeholders of pruned tokens dropped from
+    ``input_ids`` -> the HF model runs on the kept features, passed as ``mm_encoder_outputs``, so its own embedding
+    merge and generation loop stay untouched.
+
+A family (``llava.py``, ``llava_next.py``, ``qwen_vl.py``) declares only what differs: which layer's queries and keys
+to capture and whether the tower has prefix (CLS) tokens, how an image becomes views on grids (its ``ImageLayout``),
+and how positions are kept. Nothing here knows lmms-eval.
+"""
+
+from __future__ import annotations
+
+import zlib
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from transformers import AutoConfig, AutoProcessor, PretrainedConfig, PreTrainedModel, ProcessorMixin
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from fopru_eval.core.config import PruningConfig
+from fopru_eval.core.layout import ImageLayout
+from fopru_eval.core.scoring import Scorer
+from fopru_eval.core.sequence import kept_token_mask, left_pad, unpad
+from fopru_eval.core.strategies import apply_strategy
+
+
+@dataclass
+class Prompt:
+    """One request as the model sees it: a chat conversation and the images it shows, in order."""
+
+    messages: list[dict[str, Any]]
+    images: list[Image.Image]
+    # Which doc this is, to seed random selection identically across reruns, batch sizes and ranks.
+    doc_key: str
+
+
+@dataclass
+class EncodedImages:
+    """What the vision side gives for a batch's images, in order."""
+
+    # Per image: the features of its packed LLM tokens (visual tokens and row markers), in the order the LLM reads them.
+    features: list[torch.Tensor]
+    layouts: list[ImageLayout]
+    # Per image: its flattened significance, indexed by its views' ``sources``; None when the strategy needs none.
+    scores: list[torch.Tensor] | None
+
+
+@dataclass
+class PrunedBatch:
+    """Model inputs after pruning, and what the LLM saw of each sample."""
+
+    inputs: dict[str, Any]
+    visual_tokens_kept: list[int]
+    visual_tokens_total: list[int]
+    input_tokens: list[int]
+    # Row markers (LLaVA-NeXT's image_newline tokens) kept and in all, counted apart from visual tokens; None for
+    # families without them.
+    newline_tokens_kept: list[int] | None = None
+    newline_tokens_total: list[int] | None = None
+
+
+class Family:
+    """One Hugging Face vision-language family, bound to a loaded model and its processor."""
+
+    model_type: ClassVar[str]  # the checkpoint config's model_type, and the key in ``FAMILIES``
+    label: ClassVar[str]  # in words, for tables
+    model_class: ClassVar[type[PreTrainedModel]]
+    example_checkpoint: ClassVar[str]
+    # Whether images end rows with newline tokens (row markers in their layouts), counted apart from visual tokens.
+    has_newlines: ClassVar[bool] = False
+
+    def __init__(self, model: PreTrainedModel, processor: ProcessorMixin) -> None:
+        self.model = model
+        self.processor = processor
+
+    # ----- loading -------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def check_checkpoint(cls, pretrained: str, who: str, **config_kwargs: Any) -> None:
+        """A clear error if ``pretrained`` is not a checkpoint of this family (reads the config only); ``who`` is the
+        adapter's name, for the message."""
+        config = AutoConfig.from_pretrained(pretrained, **config_kwargs)
+        if config.model_type != cls.model_type:
+            raise ValueError(
+                f"{who}: pretrained={pretrained} is a {config.model_type!r} checkpoint; {who} wraps "
+                f"{cls.model_class.__name__} checkpoints (model_type {cls.model_type!r}, e.g. {cls.example_checkpoint})"
+            )
+        cls.check_config(config, f"{who}: pretrained={pretrained}", who)
+
+    @classmethod
+    def check_config(cls, config: PretrainedConfig, checkpoint: str, who: str) -> None:
+        """Family-specific checks, e.g. that the vision tower can give FoPru its map; ``checkpoint`` names it."""
+
+    @classmethod
+    def load(
+        cls,
+        pretrained: str,
+        processor_kwargs: dict[str, Any] | None = None,
+        family_kwargs: dict[str, Any] | None = None,
+        **model_kwargs: Any,
+    ) -> Family:
+        """The model in eval mode (``model_kwargs`` go to its ``from_pretrained``) and its processor, bound to the
+        family (``family_kwargs`` go to its constructor)."""
+        model = cls.model_class.from_pretrained(pretrained, **model_kwargs).eval()
+        hub = {key: model_kwargs[key] for key in ("revision", "trust_remote_code") if key in model_kwargs}
+        processor = AutoProcessor.from_pretrained(pretrained, **hub, **(processor_kwargs or {}))
+        return cls(model, processor, **(family_kwargs or {}))
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # ----- what a family provides ----------------------------------------------------------------------------------
+
+    def prepare_image(self, image: Image.Image) -> Image.Image:
+        """Any resize the family's own pipeline does before its processor (Qwen: qwen-vl-utils)."""
+        return image
+
+    def significance_capture(self, scorer: Scorer | str, timed: bool = False) -> Any:
+        """A context manager that captures the significance of every image the tower sees while it is active."""
+        raise NotImplementedError
+
+    def encode_images(self, encoded: dict[str, Any], scorer: Scorer | None) -> EncodedImages:
+        """Run the tower on the processor's output; with a scorer, under the significance capture."""
+        raise NotImplementedError
+
+    def unpruned_positions(self, ids: torch.Tensor, encoded: dict[str, Any], image_indices: range) -> torch.Tensor:
+        """(..., length) position of every token of one unpadded sequence in the unpruned model; the sequence shows
+        the batch's images ``image_indices``."""
+        return torch.arange(ids.numel())
+
+    def position_ids(self, kept_positions: list[torch.Tensor], config: PruningConfig) -> torch.Tensor | None:
+        """``position_ids`` for the left-padded pruned batch, or None to let the model number the tokens itself."""
+        return None
+
+    # ----- shared by the families ----------------------------------------------------------------------------------
+
+    def run_tower(self, forward: Any, scorer: Scorer | None) -> tuple[Any, list[torch.Tensor] | None]:
+        """``forward()``, under the significance capture when there is a scorer; its output and the significance of
+        each tower image (or view) in order."""
+        with self.significance_capture(scorer) if scorer is not None else nullcontext() as capture:
+            output = forward()
+        return output, list(capture.significance) if scorer is not None else None
+
+    def tower_inputs(self, encoded: dict[str, Any], *names: str) -> dict[str, Any]:
+        """The processor's pixels (in the model's dtype) and ``names``, on the model's device."""
+        inputs = {"pixel_values": encoded["pixel_values"].to(self.device, self.model.dtype)}
+        return inputs | {name: encoded[name].to(self.device) for name in names}
+
+    def ideal_inputs(self, prompts: list[Prompt], image_tokens: list[int]) -> dict[str, Any]:
+        """The "ideal" a pruned run is held to: the same model given only as many image tokens as were kept
+        (``image_tokens`` per prompt, each showing one image), with no pruning machinery: the processor's own
+        tokenization with the placeholder repeated, and the first features the model's own tower gives."""
+        token = self.processor.image_token
+        texts = [
+            self.processor.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False).replace(
+                token, token * count
+            )
+            for p, count in zip(prompts, image_tokens, strict=True)
+        ]
+        tokenized = self.processor.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
+        inputs = {name: tensor.to(self.device) for name, tensor in tokenized.items()}
+        images = [self.prepare_image(image) for p in prompts for image in p.images]
+        encoded = self.processor.image_processor(images, return_tensors="pt")
+        names = [name for name in ("image_sizes", "image_grid_thw") if name in encoded]
+        features = self.model.get_image_features(**self.tower_inputs(encoded, *names)).pooler_output
+        kept = [image[:count] for image, count in zip(features, image_tokens, strict=True)]
+        inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=kept)}
+        return inputs
+
+
+def prune_batch(
+    family: Family, config: PruningConfig, prompts: list[Prompt], continuations: list[list[int]] | None = None
+) -> PrunedBatch:
+    """Processor, vision tower, significance, selection: the pruned model inputs of one batch of prompts.
+
+    With ``continuations``, each one's token ids follow its prompt (for loglikelihood), after the assistant turn opens.
+    Every image gets its own significance and its own selection, view by view; random draws are seeded per doc,
+    image and view, so they do not depend on batch composition or rank.
+    """
+    processor = family.processor
+    texts = [processor.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False) for p in prompts]
+    images = [family.prepare_image(image) for p in prompts for image in p.images]
+    encoded = processor(images=images or None, text=texts, padding=True, return_tensors="pt")
+    rows = unpad(encoded["input_ids"], encoded["attention_mask"])
+    for i, continuation in enumerate(continuations or []):
+        rows[i] = torch.cat([rows[i], torch.tensor(continuation, dtype=rows[i].dtype)])
+    vision = family.encode_images(encoded, config.scorer if config.needs_scores else None) if images else None
+
+    kept_features: list[torch.Tensor] = []
+    kept_positions: list[torch.Tensor] = []
+    counts: dict[str, list[int]] = {name: [] for name in ("kept", "total", "markers_kept", "markers_total")}
+    first_image = 0
+    for i, prompt in enumerate(prompts):
+        image_indices = range(first_image, first_image + len(prompt.images))
+        first_image = image_indices.stop
+        kept, layouts, markers = [], [], 0
+        for local_index, image_index in enumerate(image_indices):
+            layout = vision.layouts[image_index]
+            scores = vision.scores[image_index] if vision.scores is not None else None
+            positions, image_markers = keep_image(config, layout, scores, prompt.doc_key, local_index)
+            kept_features.append(vision.features[image_index][positions.to(vision.features[image_index].device)])
+            kept.append(positions)
+            layouts.append(layout)
+            markers += image_markers
+        sizes = [layout.num_packed_tokens for layout in layouts]
+        keep = kept_token_mask(rows[i], family.model.config.image_token_id, kept, sizes)
+        kept_positions.append(family.unpruned_positions(rows[i], encoded, image_indices)[..., keep])
+        rows[i] = rows[i][keep]
+        counts["kept"].append(sum(positions.numel() for positions in kept) - markers)
+        counts["total"].append(sum(layout.num_visual_tokens for layout in layouts))
+        counts["markers_kept"].append(markers)
+        counts["markers_total"].append(sum(layout.num_markers for layout in layouts))
+
+    input_ids, attention_mask = left_pad(rows, processor.tokenizer.pad_token_id)
+    inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    position_ids = family.position_ids(kept_positions, config)
+    if position_ids is not None:
+        inputs["position_ids"] = position_ids
+    inputs = {name: tensor.to(family.device) for name, tensor in inputs.items()}
+    if kept_features:
+        inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=kept_features)}
+    return PrunedBatch(
+        inputs=inputs,
+        visual_tokens_kept=counts["kept"],
+        visual_tokens_total=counts["total"],
+        input_tokens=[row.numel() for row in rows],
+        newline_tokens_kept=counts["markers_kept"] if family.has_newlines else None,
+        newline_tokens_total=counts["markers_total"] if family.has_newlines else None,
+    )
+
+
+def keep_image(
+    config: PruningConfig, layout: ImageLayout, scores: torch.Tensor | None, doc_key: str, image_index: int
+) -> tuple[torch.Tensor, int]:
+    """The packed positions of one image that survive, and how many of them are row markers."""
+    kept = []
+    for view_index, view in enumerate(layout.views):
+        # View v of the doc's image i draws as "image" i * views + v: LLaVA-1.5's image i is i.
+        seed = random_seed_for(config.seed, doc_key, image_index * len(layout.views) + view_index)
+        view_scores = scores[view.sources.to(scores.device)] if scores is not None else None
+        generator = torch.Generator().manual_seed(seed)
+        kept.append(apply_strategy(config.selection, config.budget, view.grid, view_scores, generator))
+    return layout.kept_positions(*kept)
+
+
+def random_seed_for(seed: int, doc_key: str, image_index: int) -> int:
+    """A per-image seed that depends only on the doc, so random selection is the same at any batch size or rank."""
+    return zlib.crc32(f"{seed}/{doc_key}/{image_index}".encode())

@@ -1,0 +1,106 @@
+"""LLaVA-1.5 (``LlavaForConditionalGeneration``): one square tower view per image.
+
+Significance comes from the attention of the CLIP layer whose output the LLM consumes (``vision_feature_layer``),
+less its prefix (CLS) token; the view is the tower's patch grid (24 x 24 = 576 tokens for llava-1.5). Positions:
+``compact`` lets the model number the pruned sequence itself; ``original`` keeps each token's unpruned index.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers import CLIPVisionModel, LlavaForConditionalGeneration, PretrainedConfig, PreTrainedModel
+
+from fopru_eval.core.config import PruningConfig
+from fopru_eval.core.layout import ImageLayout
+from fopru_eval.core.scoring import Scorer
+from fopru_eval.core.sequence import left_pad
+from fopru_eval.families.base import EncodedImages, Family
+from fopru_eval.families.hooks import SignificanceCapture
+
+# Vision towers whose attention layers we can read, with their prefix (non-patch) tokens and the
+# vision_feature_select_strategy that drops exactly those: adding a tower type is one entry here.
+TOWERS = {"clip_vision_model": {"name": "CLIP", "prefix_tokens": 1, "feature_select": "default"}}
+
+
+class Llava(Family):
+    model_type = "llava"
+    label = "LLaVA-1.5"
+    model_class: ClassVar[type[PreTrainedModel]] = LlavaForConditionalGeneration
+    example_checkpoint = "llava-hf/llava-1.5-7b-hf"
+    # The tower class LLaVA builds for a CLIP vision config, for measuring a tower on its own.
+    tower_class: ClassVar[type[PreTrainedModel]] = CLIPVisionModel
+
+    @classmethod
+    def check_config(cls, config: PretrainedConfig, checkpoint: str, who: str) -> None:
+        tower = TOWERS.get(config.vision_config.model_type)
+        if tower is None:
+            names = ", ".join(t["name"] for t in TOWERS.values())
+            raise ValueError(
+                f"{checkpoint} has a {config.vision_config.model_type!r} vision tower; {who} supports {names} vision "
+                f"towers ({', '.join(TOWERS)})"
+            )
+        if config.vision_feature_select_strategy != tower["feature_select"]:
+            raise ValueError(
+                f"{who}: vision_feature_select_strategy={config.vision_feature_select_strategy!r} is not supported; "
+                f"accepted values: {tower['feature_select']} (the {tower['name']} tower's prefix tokens are dropped, "
+                "as in LLaVA)"
+            )
+
+    # ----- the vision side -----------------------------------------------------------------------------------------
+
+    @classmethod
+    def feature_attention(cls, tower: nn.Module, config: PretrainedConfig) -> nn.Module:
+        """The attention module of the tower layer whose output the LLM consumes (``vision_feature_layer``).
+
+        ``hidden_states[0]`` is the embedding output and ``hidden_states[i]`` the output of layer i - 1, so feature
+        layer -2 of a 24-layer tower is layer 22. With several feature layers, the deepest one is used.
+        """
+        feature_layers = config.vision_feature_layer
+        if isinstance(feature_layers, int):
+            feature_layers = [feature_layers]
+        layers = getattr(tower, "vision_model", tower).encoder.layers
+        indices = [f + len(layers) if f < 0 else f - 1 for f in feature_layers]
+        if min(indices) < 0:
+            raise ValueError(f"vision_feature_layer {feature_layers} includes the embedding output")
+        return layers[max(indices)].self_attn
+
+    @classmethod
+    def tower_capture(
+        cls, tower: nn.Module, config: PretrainedConfig, scorer: Scorer | str, timed: bool = False
+    ) -> SignificanceCapture:
+        """The capture on a LLaVA tower (``config`` is the whole model's), also for a tower built on its own."""
+        attention = cls.feature_attention(tower, config)
+        prefix_tokens = TOWERS[config.vision_config.model_type]["prefix_tokens"]
+        return SignificanceCapture(
+            attention.q_proj, attention.k_proj, attention.num_heads, attention.scale, prefix_tokens, scorer, timed
+        )
+
+    @classmethod
+    def random_tower_inputs(cls, config: PretrainedConfig, images: int, generator: torch.Generator) -> dict[str, Any]:
+        side = config.vision_config.image_size
+        return {"pixel_values": torch.randn(images, 3, side, side, generator=generator)}
+
+    def significance_capture(self, scorer: Scorer | str, timed: bool = False) -> SignificanceCapture:
+        return self.tower_capture(self.model.model.vision_tower, self.model.config, scorer, timed)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The patch grid of one tower view."""
+        vision = self.model.config.vision_config
+        return vision.image_size // vision.patch_size, vision.image_size // vision.patch_size
+
+    def encode_images(self, encoded: dict[str, Any], scorer: Scorer | None) -> EncodedImages:
+        forward = partial(self.model.get_image_features, **self.tower_inputs(encoded), return_dict=True)
+        output, scores = self.run_tower(forward, scorer)
+        features = list(output.pooler_output)
+        return EncodedImages(features, [ImageLayout.single(self.grid)] * len(features), scores)
+
+    # ----- positions -----------------------------------------------------------------------------------------------
+
+    def position_ids(self, kept_positions: list[torch.Tensor], config: PruningConfig) -> torch.Tensor | None:
+        # generate() continues from the last prompt position, so decoding follows the original layout too.
+        return left_pad(kept_positions, 0)[0] if config.positions == "original" else None

@@ -1,0 +1,92 @@
+"""Parity with lmms-eval's own adapter for the family: strategy=none, same checkpoint, same requests, batch size 1,
+answers compared sample for sample and end-to-end time side by side."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from lmms_eval.api.instance import Instance
+
+from fopru_eval.core.config import PruningConfig
+from fopru_eval.tools.bench.measure import timed
+from fopru_eval.tools.bench.models import BenchModel
+from fopru_eval.tools.bench.workload import chat_requests, simple_requests
+
+
+def reference_model(family: BenchModel, adapter: Any, path: Path) -> tuple[Any, Callable[..., list[Instance]], str]:
+    """lmms-eval's own adapter for the family on the same checkpoint, device and pixel limits; its request builder;
+    and what was changed in it for the comparison ("" if nothing)."""
+    device = str(adapter.device)
+    if family.reference == "llava_hf":
+        from lmms_eval.models.chat.llava_hf import LlavaHf
+
+        # device_map too: llava_hf passes its default "" on to from_pretrained, which transformers 5 rejects.
+        return LlavaHf(pretrained=str(path), device=device, device_map=device, batch_size=1), chat_requests, ""
+    import importlib.util
+
+    if importlib.util.find_spec("qwen_vl_utils") is None:
+        raise ImportError(f"lmms-eval's {family.reference} needs qwen-vl-utils, which is not installed")
+    pixels = {"min_pixels": adapter.min_pixels, "max_pixels": adapter.max_pixels}
+    if family.reference == "qwen2_vl":
+        from lmms_eval.models.model_utils.media_encoder import encode_image_to_data_url
+        from lmms_eval.models.simple.qwen2_vl import Qwen2_VL
+
+        # Its only class is the simple one, and it re-encodes every image as JPEG (quality 85), which ours does not:
+        # made lossless here, as in tests/test_qwen_vl.py, so that answers can be compared.
+        theirs = Qwen2_VL(pretrained=str(path), device=device, device_map=device, batch_size=1, **pixels)
+        theirs._encode_image_data_url = partial(encode_image_to_data_url, image_format="PNG", convert_rgb=True)
+        return theirs, simple_requests, "its simple class; its JPEG re-encoding made lossless"
+    if family.reference == "qwen2_5_vl":
+        from lmms_eval.models.chat.qwen2_5_vl import Qwen2_5_VL
+
+        # It loads bfloat16 whatever the checkpoint: cast to the dtype ours runs in, so that answers can be compared.
+        theirs = Qwen2_5_VL(pretrained=str(path), device=device, device_map=device, batch_size=1, **pixels)
+        theirs.model.to(adapter.model.dtype)
+        return theirs, chat_requests, f"its bfloat16 weights cast to {str(adapter.model.dtype).removeprefix('torch.')}"
+    raise ValueError(f"no lmms-eval reference adapter known as {family.reference!r}")
+
+
+def compare_reference(
+    family: BenchModel, adapter: Any, path: Path, docs: list[dict], args: argparse.Namespace
+) -> dict[str, Any]:
+    """strategy=none against lmms-eval's own adapter for the family: same checkpoint, same requests, batch size 1.
+    If that adapter cannot be built here (missing package, no offline or CPU support), the comparison is skipped
+    with the reason."""
+    try:
+        theirs, requests_for, changes = reference_model(family, adapter, path)
+    except Exception as error:  # noqa: BLE001 - reported, never silently: the rest of the benchmark stands
+        return {"reference": family.reference, "skipped": f"{type(error).__name__}: {error}"}
+    theirs.task_dict = adapter.task_dict
+    adapter.pruning, adapter.batch_size_per_gpu = PruningConfig("none"), 1  # the references run batch size 1
+    runs = {"ours": (adapter, chat_requests), "reference": (theirs, requests_for)}
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    answers = {}
+    for round_index in range(args.warmup + args.repeats):
+        for name, (model, make_requests) in runs.items():
+            requests = make_requests(docs, args.max_new_tokens)
+            elapsed, answers[name] = timed(lambda m=model, r=requests: m.generate_until(r), adapter.device)
+            if round_index >= args.warmup:
+                seconds[name].append(elapsed / len(docs))
+    adapter.batch_size_per_gpu = args.batch_size
+    ours_s, theirs_s = statistics.median(seconds["ours"]), statistics.median(seconds["reference"])
+
+    def text(answer: Any) -> str:  # a simple adapter may answer bare strings
+        return answer if isinstance(answer, str) else answer.text
+
+    pairs = zip(answers["ours"], answers["reference"], strict=True)
+    return {
+        "reference": family.reference,
+        "changes": changes,
+        "ours_end_to_end_s": ours_s,
+        "reference_end_to_end_s": theirs_s,
+        "ours_vs_reference": ours_s / theirs_s,
+        "identical_answers": sum(text(ours) == text(their) for ours, their in pairs),
+        "samples": len(docs),
+        # llava_hf answers "" with no token counts when generate raises: count those apart.
+        "reference_failed": sum(getattr(a, "token_counts", "") is None for a in answers["reference"]),
+    }

@@ -1,0 +1,94 @@
+"""The benchmark's result as Markdown tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1e3:.1f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def format_tables(result: dict[str, Any]) -> str:
+    """Markdown: a header of machine facts, the sweep table, the ideal, the significance cost, the parity table."""
+    m, model, s, sig = result["machine"], result["model"], result["settings"], result["significance"]
+    pixels = f", pixels {model['min_pixels']}..{model['max_pixels']}" if "min_pixels" in model else ""
+    lines = [
+        f"## FoPru benchmark: {model['adapter']}, {model['size']} random {model['family']}, "
+        f"{model['parameters_m']:.1f}M parameters, {model['visual_tokens_per_image']:g} visual tokens per image",
+        "",
+        f"{m['device']} ({m['device_name']}, {m['cpu_cores']} cores, load average "
+        f"{m['load_average_1m']:.1f} at start), torch {m['torch']}, {m['torch_threads']} threads; "
+        f"vision tower {model['vision_layers']} x {model['vision_hidden']}, "
+        f"LLM {model['text_layers']} x {model['text_hidden']}{pixels}; {s['samples']} samples, "
+        f"batch size {s['batch_size']}, max_new_tokens {s['max_new_tokens']}; times per sample, median of "
+        f"{s['repeats']} rounds after {s['warmup']} warm-up; x none: ratio to strategy=none in this run.",
+        "",
+        "| config | visual tokens | prefill ms | x none | LLM prefill ms | x none | decode ms/token "
+        "| end-to-end ms | x none | output tokens | peak memory MiB | x none |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["sweep"]:
+        lines.append(
+            f"| {r['config']} | {r['visual_tokens_kept']:g} / {r['visual_tokens_total']:g} "
+            f"| {r['prefill_s'] * 1e3:.1f} | {r['prefill_vs_none']:.2f} "
+            f"| {r['llm_prefill_s'] * 1e3:.1f} | {r['llm_prefill_vs_none']:.2f} | {r['decode_per_token_s'] * 1e3:.1f} "
+            f"| {r['end_to_end_s'] * 1e3:.1f} | {r['end_to_end_vs_none']:.2f} | {r['output_tokens']:g} "
+            f"| {r['peak_memory_mib']:.1f} | {r['peak_memory_vs_none']:.2f} |"
+        )
+    lines += [
+        "",
+        "Against the ideal: the same model given only as many image tokens as the config kept, with no pruning "
+        "machinery (the first k features, placeholders straight from the processor, positions from the model "
+        "itself; it always generates max_new_tokens).",
+        "",
+        "| config | prefill ms | ideal ms | x ideal | end-to-end ms | ideal ms | x ideal |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["sweep"]:
+        lines.append(
+            f"| {r['config']} | {_ms(r['prefill_s'])} | {_ms(r['ideal_prefill_s'])} | {_ratio(r['prefill_vs_ideal'])} "
+            f"| {_ms(r['end_to_end_s'])} | {_ms(r['ideal_end_to_end_s'])} | {_ratio(r['end_to_end_vs_ideal'])} |"
+        )
+    lines += [
+        "",
+        "Significance: the tower's own time, the time spent inside the significance hooks and its share of the "
+        "tower's; then the tower with the hooks on, and how much slower that was (a difference of two passes, so "
+        "within a few percent of noise).",
+        "",
+        "| significance cost | images | tower ms | significance ms | share | tower with hooks ms | difference |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    full_tower = result.get("significance_full_tower")
+    towers = {"this model's tower": sig, f"published size ({full_tower['tower'] if full_tower else ''})": full_tower}
+    for name, cost in towers.items():
+        if cost is None:
+            lines.append(f"| {name} | n/a | n/a | n/a | n/a (--no-full-tower) | n/a | n/a |")
+        elif "skipped" in cost:
+            lines.append(f"| {name} | n/a | n/a | n/a | n/a ({cost['skipped']}) | n/a | n/a |")
+        else:
+            lines.append(
+                f"| {name} | {cost['images']} | {cost['tower_s'] * 1e3:.1f} | {cost['significance_s'] * 1e3:.1f} "
+                f"| {cost['share']:.1%} | {cost['tower_with_significance_s'] * 1e3:.1f} | {cost['overhead']:+.1%} |"
+            )
+    if "reference" in result:
+        c = result["reference"]
+        lines += ["", f"Parity with lmms-eval's own {c['reference']}, batch size 1:", ""]
+        if "skipped" in c:
+            lines.append(f"Skipped: {c['skipped']}")
+        else:
+            changes = f" ({c['changes']})" if c["changes"] else ""
+            lines += [
+                f"| batch size 1 | end-to-end ms | x {c['reference']} | identical answers |",
+                "|---|---|---|---|",
+                f"| lmms-eval {c['reference']}{changes} | {c['reference_end_to_end_s'] * 1e3:.1f} | 1.00 | |",
+                f"| {model['adapter']} strategy=none | {c['ours_end_to_end_s'] * 1e3:.1f} "
+                f"| {c['ours_vs_reference']:.2f} | {c['identical_answers']} / {c['samples']} "
+                f"({c['reference_failed']} {c['reference']} failures) |",
+            ]
+    lines += ["", f"Total benchmark time {result['total_s']:.0f} s."]
+    return "\n".join(lines)

@@ -1,0 +1,125 @@
+"""One sweep point's results on disk (lmms-eval's results JSON plus a ``fopru`` block, samples JSONL) and the flat
+row per point that the summary, the curves and W&B are made of."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from fopru_eval.tools.sweep.plan import Point
+
+TOKENS = "visual_tokens_kept_mean"
+
+
+def visual_token_stats(samples: dict[str, list[dict]], group_subtasks: dict[str, list[str]]) -> dict[str, Any]:
+    """Mean visual tokens kept and total per doc, per task (groups: over their subtasks' docs) and overall.
+
+    Each sample's ``token_counts`` holds one entry per request; a multiple-choice doc asks once per option with the
+    same image, so its first entry stands for the doc.
+    """
+    per_doc: dict[str, list[tuple[int, int]]] = {}
+    for task, task_samples in samples.items():
+        counts = [_doc_counts(sample) for sample in task_samples]
+        per_doc[task] = [c for c in counts if c is not None]
+
+    def docs_of(name: str) -> list[tuple[int, int]]:
+        if name in per_doc:
+            return per_doc[name]
+        return [c for subtask in group_subtasks.get(name, []) for c in docs_of(subtask)]
+
+    names = list(dict.fromkeys([*samples, *group_subtasks]))
+    return {
+        "overall": _mean_counts([c for counts in per_doc.values() for c in counts]),
+        "tasks": {name: _mean_counts(docs_of(name)) for name in names},
+    }
+
+
+def _doc_counts(sample: dict[str, Any]) -> tuple[int, int] | None:
+    for counts in sample.get("token_counts") or []:
+        if counts and counts.get("visual_tokens_kept") is not None:
+            return counts["visual_tokens_kept"], counts["visual_tokens_total"]
+    return None
+
+
+def _mean_counts(counts: list[tuple[int, int]]) -> dict[str, float | int | None]:
+    kept, total = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    return {
+        "docs": len(counts),
+        "visual_tokens_kept_mean": kept / len(counts) if counts else None,
+        "visual_tokens_total_mean": total / len(counts) if counts else None,
+        "visual_keep_fraction": kept / total if total else None,
+    }
+
+
+def task_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """``{task}/{metric}`` -> value for every numeric metric, named as lmms-eval's own W&B logger names them."""
+    from lmms_eval.loggers.utils import remove_none_pattern
+
+    metrics = {}
+    for task, values in results.get("results", {}).items():
+        for key, value in values.items():
+            metric, _ = remove_none_pattern(key)
+            # stderr is "N/A" or a number; a submission-only metric is None: neither is a score.
+            if metric == "alias" or "_stderr" in metric or isinstance(value, bool):
+                continue
+            if isinstance(value, int | float):
+                metrics[f"{task}/{metric}"] = float(value)
+    return metrics
+
+
+def point_row(point: Point, results: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    """One flat row per point: what the summary CSV, the W&B table and the curves are made of."""
+    overall = stats["overall"]
+    row: dict[str, Any] = {
+        "label": point.label,
+        "strategy": point.config.strategy,
+        "keep_ratio": point.keep_ratio,
+        TOKENS: overall["visual_tokens_kept_mean"],
+        "visual_tokens_total_mean": overall["visual_tokens_total_mean"],
+        "visual_keep_fraction": overall["visual_keep_fraction"],
+    }
+    for task, task_stats in stats["tasks"].items():
+        row[f"{task}/{TOKENS}"] = task_stats["visual_tokens_kept_mean"]
+    row.update(task_metrics(results))
+    return row
+
+
+def write_point(directory: Path, point: Point, results: dict[str, Any], model: str) -> dict[str, Any]:
+    """``results.json`` (lmms-eval's results plus a ``fopru`` block) and one samples JSONL per task."""
+    from lmms_eval.loggers.utils import _handle_non_serializable
+
+    samples = results.pop("samples", {})
+    stats = visual_token_stats(samples, results.get("group_subtasks", {}))
+    # simple_evaluate names a model instance by its class; the registry name is what reruns it.
+    results["config"]["model"] = model
+    results["fopru"] = {"point": point.label, "pruning": point.config.to_dict(), "visual_tokens": stats}
+    directory.mkdir(parents=True, exist_ok=True)
+    dumped = json.dumps(results, indent=2, default=_handle_non_serializable, ensure_ascii=False)
+    (directory / "results.json").write_text(dumped + "\n", encoding="utf-8")
+    for task, task_samples in samples.items():
+        with open(directory / f"samples_{task}.jsonl", "w", encoding="utf-8") as file:
+            for sample in task_samples:
+                file.write(json.dumps(_loggable(sample), default=_handle_non_serializable, ensure_ascii=False) + "\n")
+    return point_row(point, results, stats)
+
+
+def _loggable(sample: dict[str, Any]) -> dict[str, Any]:
+    # As lmms-eval's own samples files: the doc (images) and the request arguments (functions) stay out, the prompt
+    # goes in as "input".
+    record = {key: value for key, value in sample.items() if key not in ("doc", "arguments")}
+    arguments = sample.get("arguments") or [None]
+    record["input"] = arguments[0]
+    return record
+
+
+def write_summary(directory: Path, rows: list[dict[str, Any]], points: list[Point], about: dict[str, Any]) -> None:
+    """``summary.json`` (every point's row and full pruning config) and ``summary.csv`` (the rows)."""
+    summary = {**about, "points": rows, "pruning": {p.label: p.config.to_dict() for p in points}}
+    (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(directory / "summary.csv", "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)

@@ -1,0 +1,239 @@
+"""Sweep pruning configs through lmms-eval on one loaded model: one command, one accuracy-versus-tokens curve.
+
+The model loads once; every (strategy, keep ratio) point then runs lmms-eval's own ``simple_evaluate`` in-process
+with ``adapter.pruning`` replaced, so each point scores exactly as ``lmms-eval --model_args ...,strategy=S,
+keep_ratio=R`` would. Rank 0 writes each point apart (``<output>/<strategy>@<ratio>/``), a summary of all points,
+the curves as PNGs, and, when asked, one W&B run (``fopru_eval/curves.py``).
+
+Ratio 1 keeps every token for every strategy, which is exactly ``strategy=none``: it is evaluated once, as the point
+``none@1``, and serves as the reference line of every curve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from fopru_eval.core.config import PruningConfigError
+from fopru_eval.core.strategies import STRATEGIES
+from fopru_eval.tools.sweep.plan import SweepError, leaf_task_configs, needs_simple_class, plan_points, resolve_tasks
+from fopru_eval.tools.sweep.results import write_point, write_summary
+
+# ----- the run ----------------------------------------------------------------------------------------------------
+
+
+def _lmms_eval_cli_args(**values: Any) -> argparse.Namespace:
+    """lmms-eval's own CLI defaults, with ``values`` set.
+
+    The evaluator reads some of them (``process_with_media``, ``reasoning_tags``), tasks that write submission files
+    read ``output_path``, and the results JSON records them all under ``resolved_cli_args``; so a point scores as
+    ``lmms-eval`` with the same arguments would, and its results say how to rerun it.
+    """
+    from lmms_eval.__main__ import parse_eval_args
+
+    with mock.patch.object(sys, "argv", ["lmms-eval"]):
+        _, args = parse_eval_args()
+    for name, value in values.items():
+        setattr(args, name, value)
+    return args
+
+
+def output_directory(base: Path) -> Path:
+    """``base``, or under ``wandb agent`` ``base/<run id>``: agent runs share one command line, and each writes its
+    own summary."""
+    run_id = os.environ.get("WANDB_RUN_ID")
+    return base / run_id if os.environ.get("WANDB_SWEEP_ID") and run_id else base
+
+
+def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    """Evaluate every point; rank 0 writes everything and returns the rows, other ranks return None."""
+    import torch
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.models import get_model
+    from lmms_eval.tasks import TaskManager
+    from lmms_eval.utils import get_datetime_str, make_table
+    from loguru import logger
+
+    from fopru_eval.tools import curves
+    from fopru_model_adapters.base import FoPruLMM
+
+    # As lmms-eval's CLI, once its modules are imported (lmms_eval.models resets the logger to WARNING on import).
+    logger.remove()
+    logger.add(sys.stderr, level=args.verbosity)
+    # Everything that can be wrong with the request is checked before the weights load.
+    points = plan_points(args.strategies, args.keep_ratios, args.model_args)
+    include_path = [str(Path(path).resolve()) for path in args.include_path]
+    task_manager = TaskManager(args.verbosity, include_path=include_path, model_name=args.model)
+    task_names = resolve_tasks(task_manager, args.tasks)
+    force_simple = args.force_simple or needs_simple_class(leaf_task_configs(task_manager, task_names))
+    model_class = get_model(args.model, force_simple)
+    if not issubclass(model_class, FoPruLMM):
+        raise SweepError(f"--model {args.model} is not a FoPru adapter (e.g. llava_fopru): it has no pruning to sweep")
+
+    adapter = model_class.create_from_arg_string(
+        points[0].model_args(args.model_args), {"batch_size": args.batch_size, "device": args.device}
+    )
+    adapter.keep_loaded = True
+    # Rank 0 as lmms-eval's evaluator counts it (the launcher's RANK): it alone gets results back. The adapter's own
+    # rank is no guide before the first evaluation: on CPUs the evaluator sets up the process group itself.
+    is_main = int(os.environ.get("RANK", 0)) == 0
+    output = output_directory(args.output_path)
+    about = {
+        "model": args.model,
+        "model_args": args.model_args,
+        "model_class": "simple" if force_simple else "chat",
+        "tasks": task_names,
+        "limit": args.limit,
+        "batch_size": args.batch_size,
+    }
+    # Only rank 0 ever touches W&B, and only once the model has loaded: no stray or empty runs.
+    wandb_run = None
+    if is_main and (args.wandb_project or os.environ.get("WANDB_SWEEP_ID")):
+        wandb_run = curves.start_wandb_run(
+            project=args.wandb_project,
+            entity=args.wandb_entity,
+            group=args.wandb_group,
+            name=args.wandb_name,
+            config={**about, "strategies": args.strategies, "keep_ratios": args.keep_ratios},
+            points=[(p.config.strategy, p.keep_ratio) for p in points],
+        )
+
+    rows: list[dict[str, Any]] = []
+    try:
+        for point in points:
+            adapter.pruning = point.config
+            model_args = point.model_args(args.model_args)
+            point_dir = output / point.label
+            cli_args = _lmms_eval_cli_args(
+                model=args.model, model_args=model_args, tasks=",".join(args.tasks), include_path=include_path,
+                batch_size=args.batch_size, device=args.device, limit=args.limit, force_simple=force_simple,
+                log_samples=True, output_path=str(point_dir),
+            )  # fmt: skip
+            results = simple_evaluate(
+                model=adapter,
+                model_args=model_args,
+                tasks=task_names,
+                task_manager=task_manager,
+                batch_size=args.batch_size,
+                device=args.device,
+                limit=args.limit,
+                log_samples=True,
+                verbosity=args.verbosity,
+                cli_args=cli_args,
+                force_simple=force_simple,
+                # Each point its own date: simple_evaluate's default is fixed when lmms-eval is imported.
+                datetime_str=get_datetime_str(),
+                distributed_executor_backend="torchrun" if torch.distributed.is_initialized() else "accelerate",
+            )
+            if results is None:  # not rank 0: the evaluator gathered everything there
+                continue
+            rows.append(write_point(point_dir, point, results, args.model))
+            print(f"\n{args.model} pruning {point.label}: {point_dir}\n{make_table(results)}")
+            if wandb_run is not None:
+                curves.log_point(wandb_run, rows[-1])
+        if not is_main:
+            return None
+        write_summary(output, rows, points, about)
+        pngs = curves.write_pngs(curves.curves_from_rows(rows), output)
+        if wandb_run is not None:
+            curves.log_sweep(wandb_run, rows)
+    except BaseException:
+        if wandb_run is not None:
+            wandb_run.finish(exit_code=1)
+        raise
+    if wandb_run is not None:
+        wandb_run.finish()
+    print(f"\nfopru-eval sweep: {len(rows)} points in {output}: summary.json, summary.csv, {len(pngs)} PNGs")
+    return rows
+
+
+# ----- command line -----------------------------------------------------------------------------------------------
+
+
+def _strategies(text: str) -> list[str]:
+    values = [value.strip() for value in text.split(",") if value.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r}: accepted strategies are {STRATEGIES.accepted()}")
+    for value in values:
+        try:
+            STRATEGIES.get(value)
+        except PruningConfigError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return list(dict.fromkeys(values))
+
+
+def _keep_ratios(text: str) -> list[float]:
+    try:
+        values = [float(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(0.0 < value <= 1.0 for value in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: keep ratios are numbers in (0, 1], comma-separated")
+    return values
+
+
+def _limit(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def _default_include_path() -> str:
+    import fopru_eval_tasks
+
+    return os.path.dirname(fopru_eval_tasks.__file__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # lmms-eval spells options with underscores, the issue with hyphens: both work. The singular forms are what a W&B
+    # sweep passes (--strategy=rank --keep_ratio=0.5), one point per agent run.
+    parser.add_argument("--model", default="llava_fopru", help="a FoPru adapter (default llava_fopru)")
+    parser.add_argument(
+        "--model_args", "--model-args", required=True,
+        help="as for lmms-eval, without strategy/keep_ratio/keep_tokens, e.g. pretrained=llava-hf/llava-1.5-7b-hf",
+    )  # fmt: skip
+    parser.add_argument("--tasks", type=lambda text: [t for t in text.split(",") if t], required=True)
+    parser.add_argument(
+        "--strategies", "--strategy", type=_strategies, default=["rank", "row", "random"],
+        help="comma-separated, e.g. rank,row,random,none or package.module:function (default rank,row,random)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep-ratios", "--keep_ratios", "--keep_ratio", "--keep-ratio", type=_keep_ratios,
+        default=[1.0, 0.5, 0.25, 0.11],
+        help="comma-separated, in (0, 1]; 1 (or strategy none) adds the unpruned reference (default 1,.5,.25,.11)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--output_path", "--output-path", "--output", type=Path, required=True,
+        help="results go to OUTPUT/<strategy>@<ratio>/, the summary and PNGs to OUTPUT/",
+    )  # fmt: skip
+    parser.add_argument(
+        "--include_path", "--include-path", action="append", default=None,
+        help="folder of extra lmms-eval tasks; repeatable (default: this package's tasks, fopru_* and fopru_paper)",
+    )  # fmt: skip
+    parser.add_argument("--batch_size", "--batch-size", default=1, help="per process (default 1)")
+    parser.add_argument("--device", default=None, help="default cuda if available, else cpu")
+    parser.add_argument("--limit", type=_limit, default=None, help="docs per task, for trials (as lmms-eval)")
+    parser.add_argument(
+        "--force_simple", "--force-simple", action="store_true",
+        help="use lmms-eval's simple model class; chosen automatically when a task is multiple-choice or loglikelihood",
+    )  # fmt: skip
+    parser.add_argument("--wandb-project", "--wandb_project", help="log the sweep to this W&B project")
+    parser.add_argument("--wandb-entity", "--wandb_entity")
+    parser.add_argument("--wandb-group", "--wandb_group", help="e.g. to put a sweep and its reference run together")
+    parser.add_argument("--wandb-name", "--wandb_name", help="run name (default: W&B's)")
+    parser.add_argument("--verbosity", default="INFO", help="lmms-eval's log level (default INFO)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.include_path is None:
+        args.include_path = [_default_include_path()]
+    try:
+        run_sweep(args)
+    except SweepError as error:
+        print(f"fopru-eval sweep: {error}", file=sys.stderr)
+        return 2
+    return 0

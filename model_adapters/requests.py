@@ -1,0 +1,122 @@
+"""lmms-eval requests in, prompts and per-sample token counts out: what every FoPru adapter shares with lmms-eval."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from lmms_eval.api.instance import TokenCounts
+from lmms_eval.protocol import ChatMessages
+from PIL import Image
+
+from fopru_eval.families import Prompt, PrunedBatch
+
+
+@dataclass
+class VisualTokenCounts(TokenCounts):
+    """lmms-eval's per-sample token counts plus the visual tokens the LLM kept, summed over the sample's images."""
+
+    visual_tokens_kept: int | None = None
+    visual_tokens_total: int | None = None
+
+    def to_dict(self) -> dict[str, int | None]:
+        counts = super().to_dict()
+        counts["visual_tokens_kept"] = self.visual_tokens_kept
+        counts["visual_tokens_total"] = self.visual_tokens_total
+        return counts
+
+
+@dataclass
+class NewlineTokenCounts(VisualTokenCounts):
+    """Per-sample counts plus the ``image_newline`` tokens the LLM kept (LLaVA-NeXT), summed over the sample's
+    images."""
+
+    newline_tokens_kept: int | None = None
+    newline_tokens_total: int | None = None
+
+    def to_dict(self) -> dict[str, int | None]:
+        counts = super().to_dict()
+        counts["newline_tokens_kept"] = self.newline_tokens_kept
+        counts["newline_tokens_total"] = self.newline_tokens_total
+        return counts
+
+
+@dataclass
+class PreparedBatch(PrunedBatch):
+    """A pruned batch that reports each sample's counts the way lmms-eval stores them."""
+
+    def token_counts(self, i: int, output_tokens: int | None = None) -> VisualTokenCounts:
+        counts: dict[str, Any] = {
+            "input_tokens": self.input_tokens[i],
+            "output_tokens": output_tokens,
+            "visual_tokens_kept": self.visual_tokens_kept[i],
+            "visual_tokens_total": self.visual_tokens_total[i],
+        }
+        if self.newline_tokens_kept is None:
+            return VisualTokenCounts(**counts)
+        return NewlineTokenCounts(
+            **counts,
+            newline_tokens_kept=self.newline_tokens_kept[i],
+            newline_tokens_total=self.newline_tokens_total[i],
+        )
+
+    def visual_token_metrics(self) -> dict[str, float]:
+        total = sum(self.visual_tokens_total)
+        return {
+            "visual_tokens_kept": sum(self.visual_tokens_kept) / len(self.visual_tokens_kept),
+            "visual_tokens_total": total / len(self.visual_tokens_total),
+            "visual_keep_fraction": sum(self.visual_tokens_kept) / total if total else 1.0,
+        }
+
+
+def add_counts(total: TokenCounts | None, counts: TokenCounts | None) -> TokenCounts | None:
+    """Field-wise sum of two rounds' counts (of the same class); a field missing in both stays missing."""
+    if total is None or counts is None:
+        return counts if total is None else total
+    summed = {}
+    for field in dataclasses.fields(total):
+        mine, theirs = getattr(total, field.name), getattr(counts, field.name)
+        summed[field.name] = None if mine is None and theirs is None else (mine or 0) + (theirs or 0)
+    return type(total)(**summed)
+
+
+# ----- requests -> prompts -------------------------------------------------------------------------------------------
+
+
+def prompt_from_visuals(ctx: str, visuals: list[Any], model_name: str, task: str, split: str, doc_id: int) -> Prompt:
+    """A simple-model request: the user turn built the way lmms-eval's chat tasks build it (images, then the text)."""
+    images = as_images(visuals, model_name, task, doc_id)
+    content = [{"type": "image", "url": image} for image in images] + [{"type": "text", "text": ctx}]
+    return Prompt([{"role": "user", "content": content}], images, f"{task}/{split}/{doc_id}")
+
+
+def prompt_from_messages(messages: Any, model_name: str, task: str, split: str, doc_id: int) -> Prompt:
+    """A chat-model request: lmms-eval's messages, validated by its own protocol class."""
+    chat = ChatMessages(messages=messages)
+    images, videos, audios = chat.extract_media()
+    if videos or audios:
+        raise ValueError(f"{model_name}: {task} doc {doc_id} has video or audio input; only images are supported")
+    images = as_images(images, model_name, task, doc_id)
+    return Prompt(chat.model_dump()["messages"], images, f"{task}/{split}/{doc_id}")
+
+
+def as_images(visuals: list[Any], model_name: str, task: str, doc_id: int) -> list[Image.Image]:
+    images = []
+    for visual in visuals:
+        if not isinstance(visual, Image.Image):
+            raise TypeError(
+                f"{model_name}: {task} doc {doc_id} gives a {type(visual).__name__}; only PIL images are supported"
+            )
+        images.append(visual.convert("RGB"))
+    return images
+
+
+def prompt_size(prompt: Prompt) -> int:
+    """How long a prompt is, for sorting a batch so that padding stays small."""
+    text = 0
+    for message in prompt.messages:
+        content = message.get("content", [])
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        text += sum(len(part.get("text", "")) for part in parts)
+    return text + 10_000 * len(prompt.images)
