@@ -72,7 +72,7 @@ class FoPruLMM(MultiRoundMixin, lmms):
         torch_dtype = _torch_dtype(dtype)
         self.use_cache = bool(use_cache)
         self.family_class.check_checkpoint(
-            pretrained, self.model_name, revision=revision, trust_remote_code=trust_remote_code
+            pretrained, self.model_name, self.pruning, revision=revision, trust_remote_code=trust_remote_code
         )
 
         self.accelerator = Accelerator()

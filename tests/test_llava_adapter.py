@@ -70,17 +70,36 @@ def test_keep_ratio_one_equals_none(tiny_llava: Path) -> None:
         assert torch.equal(full, ours.model(**ours.prepare(prompts()).inputs).logits)
 
 
+def feature_layer_logits(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor) -> np.ndarray:
+    """(heads, tokens, tokens) pre-softmax scaled logits of the feature layer (L-2), recomputed in float64 from its
+    input hidden state with its own layer norm and q/k projections."""
+    tower = model.model.vision_tower
+    hidden = tower(pixel_values, output_hidden_states=True).hidden_states
+    layer = getattr(tower, "vision_model", tower).encoder.layers[len(hidden) - 1 - 2]
+    x = torch.nn.functional.layer_norm(
+        hidden[len(hidden) - 1 - 2][0].double(), layer.layer_norm1.normalized_shape,
+        layer.layer_norm1.weight.double(), layer.layer_norm1.bias.double(), layer.layer_norm1.eps,
+    )  # fmt: skip
+    attn = layer.self_attn
+    q = (x @ attn.q_proj.weight.double().T + attn.q_proj.bias.double()).numpy()
+    k = (x @ attn.k_proj.weight.double().T + attn.k_proj.bias.double()).numpy()
+    heads, d = attn.num_heads, attn.head_dim
+    return np.stack([q[:, h * d : (h + 1) * d] @ k[:, h * d : (h + 1) * d].T * d**-0.5 for h in range(heads)])
+
+
 def reference_pruned_logits(
-    path: Path, prompt: Prompt, strategy: str, ratio: float, original_positions: bool = False
+    path: Path, prompt: Prompt, strategy: str, ratio: float, original_positions: bool = False, scores: str = "softmax"
 ) -> torch.Tensor:
-    """Independent of the adapter: eager attention maps -> float64 significance -> numpy selection -> embeddings
-    spliced by hand -> the language model on inputs_embeds."""
+    """Independent of the adapter: eager attention maps (or the feature layer's logits recomputed in float64) ->
+    float64 significance -> numpy selection -> embeddings spliced by hand -> the language model on inputs_embeds."""
     model = LlavaForConditionalGeneration.from_pretrained(path, attn_implementation="eager").eval()
     processor = AutoProcessor.from_pretrained(path)
     inputs = hf_inputs(processor, [prompt])
     with torch.no_grad():
         tower = model.model.vision_tower(inputs["pixel_values"], output_attentions=True)
         attention = tower.attentions[len(tower.attentions) - 2][0].double().mean(0)[1:, 1:].numpy()
+        if scores == "logits":
+            attention = feature_layer_logits(model, inputs["pixel_values"]).mean(0)[1:, 1:]
         column, row = attention.mean(axis=0), attention.mean(axis=1)
         significance = column if column.var() > row.var() else row
         side = int(round(len(significance) ** 0.5))
@@ -109,14 +128,42 @@ def reference_pruned_logits(
         return model.lm_head(hidden)
 
 
+@pytest.fixture(scope="module")
+def sharp_llava(tiny_llava: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint with its vision q/k projections scaled by 6: at random init the logits are so small that
+    softmax is nearly linear in them and both readings rank alike; sharper attention tells them apart."""
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava)
+    tower = model.model.vision_tower
+    for layer in getattr(tower, "vision_model", tower).encoder.layers:
+        layer.self_attn.q_proj.weight.data *= 6
+        layer.self_attn.k_proj.weight.data *= 6
+    path = tmp_path_factory.mktemp("sharp_llava")
+    model.save_pretrained(path)
+    AutoProcessor.from_pretrained(tiny_llava).save_pretrained(path)
+    return path
+
+
+def test_the_two_readings_keep_different_tokens_on_a_sharp_tower(sharp_llava: Path) -> None:
+    kept = []
+    for scores in ("softmax", "logits"):
+        with torch.inference_mode():
+            batch = adapter(sharp_llava, strategy="rank", keep_ratio=0.5, scores=scores).prepare(prompts(1))
+        kept.append(batch.inputs["mm_encoder_outputs"]["image"].pooler_output[0])
+    assert kept[0].shape == kept[1].shape and not torch.equal(kept[0], kept[1])
+
+
+@pytest.mark.parametrize("scores", ["softmax", "logits"])
 @pytest.mark.parametrize(("strategy", "ratio"), [("rank", 0.25), ("rank", 0.5), ("row", 0.5), ("row", 0.34)])
-def test_pruned_run_equals_a_reference_over_only_the_kept_tokens(tiny_llava: Path, strategy: str, ratio: float) -> None:
-    ours = adapter(tiny_llava, strategy=strategy, keep_ratio=ratio)
+def test_pruned_run_equals_a_reference_over_only_the_kept_tokens(
+    tiny_llava: Path, sharp_llava: Path, strategy: str, ratio: float, scores: str
+) -> None:
+    path = tiny_llava if scores == "softmax" else sharp_llava
+    ours = adapter(path, strategy=strategy, keep_ratio=ratio, scores=scores)
     prompt = prompts(1)[0]
     with torch.inference_mode():
         batch = ours.prepare([prompt])
         logits = ours.model(**batch.inputs).logits
-    expected = reference_pruned_logits(tiny_llava, prompt, strategy, ratio)
+    expected = reference_pruned_logits(path, prompt, strategy, ratio, scores=scores)
     assert logits.shape == expected.shape
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
     assert batch.visual_tokens_kept == [36 * ratio // 1 if strategy == "rank" else 6 * int(6 * ratio)]

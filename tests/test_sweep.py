@@ -217,12 +217,12 @@ def test_the_sweep_config_runs_as_a_wandb_agent_run(tiny_llava: Path, tmp_path: 
 
     config = sweep_utils.load_sweep_config(str(REPO / "sweeps" / "llava_fopru.yaml"))
     assert config["method"] == "grid"
-    assert config["parameters"]["strategy"]["values"] == ["rank", "row", "random"]
-    assert all(0 < r < 1 for r in config["parameters"]["keep_ratio"]["values"])
+    assert config["parameters"]["strategy"]["values"] == ["rank", "row", "rank+cls", "random", "uniform"]
+    assert config["parameters"]["keep_tokens"]["values"] == [192, 128, 64]  # peers' budgets of LLaVA-1.5's 576
 
     # What `wandb agent` does for one run (wandb/wandb_agent.py, Agent._command_run), with the model and the
-    # benchmarks swapped for the tiny ones.
-    args = {"strategy": {"value": "row"}, "keep_ratio": {"value": 0.5}}
+    # benchmarks swapped for the tiny ones (36 tokens per image: 4 whole rows of 6 fit 24 tokens).
+    args = {"strategy": {"value": "row"}, "keep_tokens": {"value": 24}}
     param_path = tmp_path / "wandb" / "sweep-test" / "config-agentrun1.yaml"
     config_util.save_config_file_from_dict(str(param_path), args)
     variables = sweep_utils.create_sweep_command_args({"args": args})
@@ -243,9 +243,9 @@ def test_the_sweep_config_runs_as_a_wandb_agent_run(tiny_llava: Path, tmp_path: 
     [run_dir] = offline_runs(tmp_path)
     assert run_dir.name.endswith("-agentrun1")
     wandb_config, summary = read_offline_run(run_dir)
-    assert (wandb_config["strategy"], wandb_config["keep_ratio"]) == ("row", 0.5)
-    assert summary["visual_tokens_kept_mean"] == 18 and summary["keep_ratio"] == 0.5
+    assert (wandb_config["strategy"], wandb_config["keep_tokens"]) == ("row", 24)
+    assert summary["visual_tokens_kept_mean"] == 24 and summary["keep_tokens"] == 24
     assert 0 <= summary["fopru_shapes_gen/exact_match"] <= 1
     # Agent runs share one command line; each writes under its own run id.
-    results = json.loads((tmp_path / "fopru-sweep/llava-1.5-7b/agentrun1/row@0.5/results.json").read_text())
-    assert results["fopru"]["pruning"]["keep_ratio"] == 0.5
+    results = json.loads((tmp_path / "fopru-sweep/llava-1.5-7b/agentrun1/row@24tok/results.json").read_text())
+    assert results["fopru"]["pruning"]["keep_tokens"] == 24

@@ -1,4 +1,10 @@
-"""Token significance from one vision layer's softmax attention (FoPru, arXiv 2411.14164, section 3.2).
+"""Token significance from one vision layer's attention (FoPru, arXiv 2411.14164, section 3.2).
+
+"Attention map" has two readings, and both are here: the softmax probabilities (``fopru_significance``, reduced chunk
+by chunk, never a whole map) and the pre-softmax scaled logits Q K^T / sqrt(d) (``logit_significance``, which only
+needs the mean query and the mean key). The paper's abstract does not say which it means; the only public
+implementation found (the FoPru pruner in HydraInfer) reads the logits. Also here: the CLS token's attention to each
+patch (``cls_attention``), the baseline score of VisionZip and PruMerge.
 
 Everything here is pure tensor code: it knows nothing about any model or about lmms-eval.
 """
@@ -151,3 +157,40 @@ def choose_significance(column: torch.Tensor, row: torch.Tensor, mode: str) -> t
         raise ValueError(f"significance={mode!r} is not supported; accepted values: auto, column, row")
     use_column = column.var(dim=-1, keepdim=True) > row.var(dim=-1, keepdim=True)
     return torch.where(use_column, column, row)
+
+
+def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
+def logit_significance(
+    queries: torch.Tensor, keys: torch.Tensor, scale: float, num_prefix_tokens: int, mode: str = "auto"
+) -> torch.Tensor:
+    """FoPru's significance read from the pre-softmax scaled logits L = Q K^T * scale, in O(tokens x head_dim).
+
+    queries, keys: (images, heads, tokens, head_dim). With the prefix rows and columns dropped, the patch-to-patch
+    logits averaged over heads give
+      column significance s_col[j] = mean_i L[i, j] = scale * mean_i(q_i) . k_j   (per head, then the head mean)
+      row significance    s_row[i] = mean_j L[i, j] = scale * q_i . mean_j(k_j)
+    so only the mean query and the mean key are formed, never a (tokens x tokens) map. ``mode`` chooses as for the
+    softmax reading. Returns (images, patches) in at least float32.
+    """
+    q = _at_least_float32(queries[:, :, num_prefix_tokens:])
+    k = _at_least_float32(keys[:, :, num_prefix_tokens:])
+    column = (q.mean(dim=2, keepdim=True) @ k.transpose(-1, -2)).squeeze(2).mean(dim=1) * scale
+    row = (q @ k.mean(dim=2).unsqueeze(-1)).squeeze(-1).mean(dim=1) * scale
+    return choose_significance(column=column, row=row, mode=mode)
+
+
+def cls_attention(
+    queries: torch.Tensor, keys: torch.Tensor, scale: float, num_prefix_tokens: int, reading: str = "softmax"
+) -> torch.Tensor:
+    """The attention the CLS token (the first prefix token) pays each patch, averaged over heads: the score of
+    VisionZip's dominant tokens and of PruMerge. ``reading`` is ``softmax`` (the probabilities of the CLS row, over
+    every token as in the layer) or ``logits`` (its scaled logits). Returns (images, patches) in at least float32."""
+    if num_prefix_tokens < 1:
+        raise ValueError("significance=cls needs a CLS token, and this tower has no prefix token")
+    cls_row = (_at_least_float32(queries[:, :, :1]) @ _at_least_float32(keys).transpose(-1, -2)).squeeze(2) * scale
+    if reading == "softmax":
+        cls_row = cls_row.softmax(dim=-1)
+    return cls_row[..., num_prefix_tokens:].mean(dim=1)

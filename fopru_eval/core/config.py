@@ -13,13 +13,15 @@ import torch
 
 from fopru_eval.core.budget import Budget
 from fopru_eval.core.registry import PruningConfigError
-from fopru_eval.core.scoring import SCORERS, Scorer
+from fopru_eval.core.scoring import READINGS, SCORERS, Scorer
 from fopru_eval.core.strategies import STRATEGIES, Strategy, apply_strategy
 
 POSITION_MODES = ("compact", "original")
 
 # Model args that belong to pruning; everything else passes through to the wrapped model.
-PRUNING_ARGS = ("strategy", "keep_ratio", "keep_tokens", "significance", "positions", "seed")
+PRUNING_ARGS = ("strategy", "keep_ratio", "keep_tokens", "significance", "scores", "positions", "seed")
+# Which reading of the attention map the built-in scorers use by default (chosen on the demo's dev split: README).
+DEFAULT_SCORES = "softmax"
 
 __all__ = ["POSITION_MODES", "PRUNING_ARGS", "PruningConfig", "PruningConfigError", "select_tokens"]
 
@@ -38,12 +40,15 @@ class PruningConfig:
     keep_ratio: float | None = None
     keep_tokens: int | None = None
     significance: str = "auto"
+    scores: str = DEFAULT_SCORES
     positions: str = "compact"
     seed: int = 0
 
     def __post_init__(self) -> None:
         selection = self.selection  # looked up first: an unknown strategy is the first thing to hear about
-        self.scorer  # noqa: B018 - validates significance
+        SCORERS.get(self.significance)
+        if self.scores not in READINGS:
+            raise PruningConfigError(f"scores={self.scores!r} is not supported; accepted values: {', '.join(READINGS)}")
         if self.positions not in POSITION_MODES:
             raise PruningConfigError(
                 f"positions={self.positions!r} is not supported; accepted values: {', '.join(POSITION_MODES)}"
@@ -78,8 +83,8 @@ class PruningConfig:
 
     @property
     def scorer(self) -> Scorer:
-        """The registered scorer ``significance`` names."""
-        return SCORERS.get(self.significance)
+        """The registered scorer ``significance`` names, reading the attention as ``scores`` says."""
+        return SCORERS.get(self.significance).reading(self.scores)
 
     @property
     def budget(self) -> Budget:
@@ -106,6 +111,7 @@ class PruningConfig:
             keep_ratio=_as_number(model_args, "keep_ratio", float),
             keep_tokens=_as_number(model_args, "keep_tokens", int),
             significance=str(model_args.get("significance", "auto")),
+            scores=str(model_args.get("scores", DEFAULT_SCORES)),
             positions=str(model_args.get("positions", "compact")),
             seed=_as_number(model_args, "seed", int) or 0,
         )
@@ -125,6 +131,7 @@ class PruningConfig:
             "keep_ratio": self.keep_ratio,
             "keep_tokens": self.keep_tokens,
             "significance": self.significance,
+            "scores": self.scores,
             "positions": self.positions,
             "seed": self.seed,
         }

@@ -16,6 +16,7 @@ Adding a strategy is one registration here (``@register_strategy("name")``), or,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -92,6 +93,27 @@ def select_random(num_tokens: int, num_keep: int, generator: torch.Generator) ->
     return torch.randperm(num_tokens, generator=generator)[:num_keep].sort().values
 
 
+def select_uniform(grid: Grid, num_keep: int) -> torch.Tensor:
+    """``num_keep`` tokens spread evenly over the (rows, cols) grid, whatever the image: the downsampling control.
+
+    A lattice of r x c cells' centres with about the grid's aspect (r * c <= num_keep, so 24 x 24 -> 12 x 12 at 144
+    tokens and 8 x 8 at 64); the tokens the lattice leaves of the budget are spread evenly over the rest, in raster
+    order, so the count is exactly ``num_keep`` like every other strategy's.
+    """
+    rows, cols = grid
+    lattice_rows = max(1, min(rows, num_keep, round(math.sqrt(num_keep * rows / cols))))
+    lattice_cols = max(1, min(cols, num_keep // lattice_rows))
+    centres = lambda n, of: ((torch.arange(n) + 0.5) * of / n).long()  # noqa: E731
+    lattice = (centres(lattice_rows, rows).unsqueeze(1) * cols + centres(lattice_cols, cols)).flatten()
+    missing = num_keep - lattice.numel()
+    if missing > 0:
+        rest = torch.ones(rows * cols, dtype=torch.bool)
+        rest[lattice] = False
+        others = rest.nonzero().flatten()
+        lattice = torch.cat([lattice, others[centres(missing, others.numel())]])
+    return lattice.sort().values
+
+
 @register_strategy("rank")
 def rank(scores: torch.Tensor, budget: Budget, grid: Grid, generator: torch.Generator) -> torch.Tensor:
     """FoPru's global view: the budget's most significant tokens."""
@@ -115,6 +137,13 @@ def random(scores: None, budget: Budget, grid: Grid, generator: torch.Generator)
 def keep_all(scores: None, budget: Budget, grid: Grid, generator: torch.Generator) -> torch.Tensor:
     """Every token: reproduces the unpruned model exactly."""
     return torch.arange(grid[0] * grid[1])
+
+
+@register_strategy("uniform", needs_scores=False)
+def uniform(scores: None, budget: Budget, grid: Grid, generator: torch.Generator) -> torch.Tensor:
+    """Tokens spread evenly over the grid: the "downsample" control, which a 2025 benchmark found beats many pruning
+    methods."""
+    return select_uniform(grid, budget.tokens(grid[0] * grid[1]))
 
 
 # ----- applying a strategy -------------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from fopru_eval.core.config import PruningConfig
 from fopru_eval.core.layout import ImageLayout
-from fopru_eval.core.scoring import Scorer
+from fopru_eval.core.registry import PruningConfigError
+from fopru_eval.core.scoring import SCORERS, Scorer
 from fopru_eval.core.sequence import kept_token_mask, left_pad, unpad
 from fopru_eval.core.strategies import apply_strategy
 
@@ -81,9 +82,11 @@ class Family:
     # ----- loading -------------------------------------------------------------------------------------------------
 
     @classmethod
-    def check_checkpoint(cls, pretrained: str, who: str, **config_kwargs: Any) -> None:
-        """A clear error if ``pretrained`` is not a checkpoint of this family (reads the config only); ``who`` is the
-        adapter's name, for the message."""
+    def check_checkpoint(
+        cls, pretrained: str, who: str, pruning: PruningConfig | None = None, **config_kwargs: Any
+    ) -> None:
+        """A clear error if ``pretrained`` is not a checkpoint of this family, or if its tower cannot give what
+        ``pruning`` asks for (reads the config only); ``who`` is the adapter's name, for the message."""
         config = AutoConfig.from_pretrained(pretrained, **config_kwargs)
         if config.model_type != cls.model_type:
             raise ValueError(
@@ -91,10 +94,27 @@ class Family:
                 f"{cls.model_class.__name__} checkpoints (model_type {cls.model_type!r}, e.g. {cls.example_checkpoint})"
             )
         cls.check_config(config, f"{who}: pretrained={pretrained}", who)
+        if pruning is not None and pruning.needs_scores and pruning.scorer.needs_prefix_token:
+            if cls.prefix_tokens(config) == 0:
+                raise PruningConfigError(
+                    f"{who}: significance={pruning.significance} scores the CLS token's attention, and {cls.label}'s "
+                    "vision tower has no CLS token; accepted values here: "
+                    f"{', '.join(n for n in SCORERS.names() if not SCORERS.get(n).needs_prefix_token)}"
+                )
 
     @classmethod
     def check_config(cls, config: PretrainedConfig, checkpoint: str, who: str) -> None:
         """Family-specific checks, e.g. that the vision tower can give FoPru its map; ``checkpoint`` names it."""
+
+    @classmethod
+    def view_tokens(cls, config: PretrainedConfig) -> int | None:
+        """Visual tokens of one view, where every view has the same (LLaVA-1.5's 576); None where it varies."""
+        return None
+
+    @classmethod
+    def prefix_tokens(cls, config: PretrainedConfig) -> int:
+        """How many tokens before the patches the hooked layer sees (CLIP's CLS token: 1)."""
+        return 0
 
     @classmethod
     def load(

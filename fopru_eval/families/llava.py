@@ -7,6 +7,7 @@ less its prefix (CLS) token; the view is the tower's patch grid (24 x 24 = 576 t
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any, ClassVar
 
@@ -74,10 +75,23 @@ class Llava(Family):
     ) -> SignificanceCapture:
         """The capture on a LLaVA tower (``config`` is the whole model's), also for a tower built on its own."""
         attention = cls.feature_attention(tower, config)
-        prefix_tokens = TOWERS[config.vision_config.model_type]["prefix_tokens"]
         return SignificanceCapture(
-            attention.q_proj, attention.k_proj, attention.num_heads, attention.scale, prefix_tokens, scorer, timed
+            attention.q_proj,
+            attention.k_proj,
+            attention.num_heads,
+            attention.scale,
+            cls.prefix_tokens(config),
+            scorer,
+            timed,
         )
+
+    @classmethod
+    def view_tokens(cls, config: PretrainedConfig) -> int:
+        return (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+
+    @classmethod
+    def prefix_tokens(cls, config: PretrainedConfig) -> int:
+        return TOWERS[config.vision_config.model_type]["prefix_tokens"]
 
     @classmethod
     def random_tower_inputs(cls, config: PretrainedConfig, images: int, generator: torch.Generator) -> dict[str, Any]:
@@ -90,8 +104,8 @@ class Llava(Family):
     @property
     def grid(self) -> tuple[int, int]:
         """The patch grid of one tower view."""
-        vision = self.model.config.vision_config
-        return vision.image_size // vision.patch_size, vision.image_size // vision.patch_size
+        side = int(math.isqrt(self.view_tokens(self.model.config)))
+        return side, side
 
     def encode_images(self, encoded: dict[str, Any], scorer: Scorer | None) -> EncodedImages:
         forward = partial(self.model.get_image_features, **self.tower_inputs(encoded), return_dict=True)

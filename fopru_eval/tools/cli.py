@@ -15,17 +15,27 @@ def make_random_llava(args: argparse.Namespace) -> int:
     return 0
 
 
+# Every method the package has: FoPru rank and row, CLS attention with rank selection, each in both readings of the
+# attention, and the controls; at peers' budgets (the demo's 64 tokens per image take the fractions 192, 128 and 64 of
+# 576 are of LLaVA-1.5's: 21, 14 and 7 tokens).
+DEMO_METHODS = "rank,row,rank+cls,random,uniform"
+
+
 def demo(args: argparse.Namespace) -> int:
-    """The shipped demo model on the shipped fopru_demo benchmark: the accuracy curve for rank, row, random, none."""
+    """The shipped demo model on the shipped fopru_demo benchmark: the accuracy curve of every method at peers'
+    budgets."""
     from fopru_eval.tools.demo import CHECKPOINT
 
     sweep_parser = argparse.ArgumentParser()
     sweep.add_arguments(sweep_parser)
+    task = "fopru_demo_dev" if args.split == "dev" else "fopru_demo"
     sweep_argv = [
-        "--model", "llava_fopru", "--model_args", f"pretrained={CHECKPOINT}", "--tasks", "fopru_demo",
-        "--strategies", "rank,row,random", "--keep-ratios", "1,0.5,0.25,0.11", "--device", "cpu",
+        "--model", "llava_fopru", "--model_args", f"pretrained={CHECKPOINT}", "--tasks", task,
+        "--strategies", DEMO_METHODS, "--scores", "logits,softmax", "--device", "cpu",
         "--batch_size", "16", "--output_path", args.output_path,
     ]  # fmt: skip
+    if args.limit is not None:
+        sweep_argv += ["--limit", str(args.limit)]
     if args.wandb_project:
         sweep_argv += ["--wandb-project", args.wandb_project]
     sweep_args = sweep_parser.parse_args(sweep_argv)
@@ -42,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser = commands.add_parser("demo", help=demo.__doc__.splitlines()[0])
     demo_parser.add_argument("--output-path", default="fopru-demo", help="where the curve and results go")
     demo_parser.add_argument("--wandb-project", help="also log the curve to this W&B project")
+    demo_parser.add_argument(
+        "--split", choices=("test", "dev"), default="test", help="dev: the split choices are made on (default test)"
+    )
+    demo_parser.add_argument("--limit", type=int, help="questions to run, for a quick look (default all 200)")
     demo_parser.set_defaults(run=demo)
 
     random_llava = commands.add_parser(

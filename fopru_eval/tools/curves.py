@@ -1,8 +1,9 @@
 """Accuracy against mean visual tokens kept: the curves of a sweep, as PNGs and in W&B. All W&B code lives here.
 
-Input is the sweep's rows (``fopru_eval/sweep.py``, ``point_row``): one flat dict per point with ``strategy``,
-``{task}/visual_tokens_kept_mean`` and ``{task}/{metric}`` columns. Each (task, metric) gets one curve: one line
-per strategy, and the unpruned point (strategy ``none``) as a dashed reference line.
+Input is the sweep's rows (``fopru_eval/tools/sweep/results.py``, ``point_row``): one flat dict per point with
+``strategy``, ``method``, ``{task}/visual_tokens_kept_mean`` and ``{task}/{metric}`` columns. Each (task, metric) gets
+one curve: one line per method (a strategy, with its scorer and reading where a sweep varies them), and the unpruned
+point (strategy ``none``) as a dashed reference line.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def curves_from_rows(rows: list[dict[str, Any]]) -> list[Curve]:
                 continue
             if not STRATEGIES.get(row["strategy"]).uses_budget:  # strategy=none: the unpruned reference
                 curve.reference = (tokens, score)
-            else:
-                lines[row["strategy"]].append((tokens, score))
+            else:  # one line per method: a strategy, with the scorer and reading where a sweep varies them
+                lines[row.get("method") or row["strategy"]].append((tokens, score))
         curve.lines = {strategy: sorted(points) for strategy, points in lines.items()}
         if curve.lines or curve.reference:
             curves.append(curve)
@@ -96,17 +97,17 @@ def start_wandb_run(
     group: str | None,
     name: str | None,
     config: dict[str, Any],
-    points: list[tuple[str, float]],
+    points: list[dict[str, Any]],
 ) -> Any:
-    """A W&B run for the sweep; under ``wandb agent`` the agent's run (project and sweep parameters from its env)."""
+    """A W&B run for the sweep; under ``wandb agent`` the agent's run (project and sweep parameters from its env).
+    ``points`` holds each point's pruning args (strategy, budget, and significance/scores where swept)."""
     import wandb
 
     run = wandb.init(project=project, entity=entity, group=group, name=name, config=config, job_type="fopru-sweep")
     if len(points) == 1:
-        # One point per run (a W&B sweep's agent runs): strategy and keep_ratio are what the UI groups runs by. A W&B
-        # sweep has set them already, and setdefaults leaves its values alone.
-        strategy, keep_ratio = points[0]
-        run.config.setdefaults({"strategy": strategy, "keep_ratio": keep_ratio})
+        # One point per run (a W&B sweep's agent runs): its pruning args are what the UI groups runs by. A W&B sweep
+        # has set them already, and setdefaults leaves its values alone.
+        run.config.setdefaults(points[0])
     return run
 
 

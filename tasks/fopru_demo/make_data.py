@@ -1,10 +1,12 @@
-"""Write the fopru_demo test set: held-out scenes and questions from ``fopru_eval.tools.demo.scenes``.
+"""Write the fopru_demo test set (or its dev split): held-out scenes and questions from
+``fopru_eval.tools.demo.scenes``.
 
-The scenes use seeds from ``scenes.TEST_SEED_OFFSET`` upwards, which the demo model's training never draws. The
-question kinds come in turn (colour at a cell, shape at a cell, count, colour of a neighbour, shape of a
-neighbour), 40 of each. The output is deterministic, so rerunning the script rewrites the same rows.
+The test scenes use seeds from ``scenes.TEST_SEED_OFFSET`` upwards and the dev scenes from ``scenes.DEV_SEED_OFFSET``,
+neither of which the demo model's training draws to train on. The question kinds come in turn (colour at a cell,
+shape at a cell, count, colour of a neighbour, shape of a neighbour), 40 of each. The output is deterministic, so
+rerunning the script rewrites the same rows.
 
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python tasks/fopru_demo/make_data.py
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python tasks/fopru_demo/make_data.py [--split dev]
 """
 
 from __future__ import annotations
@@ -21,15 +23,16 @@ from fopru_eval.tools.demo import scenes
 NUM_DOCS = 200
 
 
-def build_dataset(num_docs: int = NUM_DOCS) -> datasets.Dataset:
+def build_dataset(num_docs: int = NUM_DOCS, split: str = "test") -> datasets.Dataset:
     rows = []
-    for index, (scene, question) in enumerate(scenes.make_test_docs(num_docs)):
+    make_docs = scenes.make_dev_docs if split == "dev" else scenes.make_test_docs
+    for index, (scene, question) in enumerate(make_docs(num_docs)):
         png = io.BytesIO()
         scene.image.save(png, format="PNG", optimize=True)
         layout = [{**vars(o), "position": scenes.position_name(o.row, o.col)} for o in scene.objects]
         rows.append(
             {
-                "question_id": f"fopru_demo_{index:04d}",
+                "question_id": f"fopru_demo{'_dev' if split == 'dev' else ''}_{index:04d}",
                 "image": {"bytes": png.getvalue(), "path": None},
                 "question": question.text,
                 "answer": question.answer,
@@ -56,10 +59,13 @@ def build_dataset(num_docs: int = NUM_DOCS) -> datasets.Dataset:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "data" / "fopru_demo.parquet")
+    parser.add_argument("--split", choices=("test", "dev"), default="test")
+    parser.add_argument("--out", type=Path, help="default data/fopru_demo.parquet, or data/fopru_demo_dev.parquet")
     args = parser.parse_args()
+    name = "fopru_demo_dev.parquet" if args.split == "dev" else "fopru_demo.parquet"
+    args.out = args.out or Path(__file__).resolve().parent / "data" / name
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    build_dataset().to_parquet(str(args.out))
+    build_dataset(split=args.split).to_parquet(str(args.out))
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.1f} KiB)")
 
 

@@ -28,7 +28,8 @@ from typing import Any
 import psutil
 import torch
 
-from fopru_eval.core.config import PruningConfig, PruningConfigError
+from fopru_eval.core.config import DEFAULT_SCORES, PruningConfig, PruningConfigError
+from fopru_eval.core.scoring import READINGS
 from fopru_eval.core.strategies import STRATEGIES
 from fopru_eval.tools.bench.models import FAMILIES, SIZES
 from fopru_eval.tools.bench.parity import compare_reference
@@ -63,7 +64,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     model = FAMILIES[args.model]
     docs = synthetic_docs(args.samples)
     configs = [PruningConfig("none")]
-    configs += [PruningConfig(strategy, keep_ratio=r) for strategy in args.strategies for r in args.ratios]
+    for strategy in args.strategies:
+        readings = args.scores if STRATEGIES.get(strategy).needs_scores else [DEFAULT_SCORES]
+        configs += [PruningConfig(strategy, keep_ratio=r, scores=s) for s in readings for r in args.ratios]
     with tempfile.TemporaryDirectory(prefix="fopru-bench-") as tmp:
         path = model.save_checkpoint(args.size, tmp, args.device)
         adapter = model.chat_class()(
@@ -99,9 +102,16 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         result["sweep"] = compare_configs(adapter, docs, configs, args)
         # As the adapter counts them (every doc shows one image of the same size).
         result["model"]["visual_tokens_per_image"] = result["sweep"][0]["visual_tokens_total"]
-        result["significance"] = significance_cost(adapter, docs, args)
+        # Both readings of the attention: the softmax map in chunks, the logits from mean queries and keys.
+        by_scores: dict[str, dict[str, Any]] = {}
+        for scores in READINGS:
+            by_scores[scores] = {"this model's tower": significance_cost(adapter, docs, args, scores)}
+            if args.full_tower:
+                by_scores[scores]["published size"] = significance_cost_full_tower(model, adapter.device, args, scores)
+        result["significance_by_scores"] = by_scores
+        result["significance"] = by_scores[DEFAULT_SCORES]["this model's tower"]
         if args.full_tower:
-            result["significance_full_tower"] = significance_cost_full_tower(model, adapter.device, args)
+            result["significance_full_tower"] = by_scores[DEFAULT_SCORES]["published size"]
         if args.compare:
             result["reference"] = compare_reference(model, adapter, path, docs, args)
     result["total_s"] = time.perf_counter() - started
@@ -125,6 +135,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 raise argparse.ArgumentTypeError(str(error)) from None
         return values
 
+    def readings(text: str) -> list[str]:
+        values = [value.strip() for value in text.split(",") if value.strip()]
+        if not values or not set(values) <= set(READINGS):
+            raise argparse.ArgumentTypeError(f"{text}: accepted values are {', '.join(READINGS)}")
+        return values
+
     def positive(text: str) -> int:
         if int(text) < 1:
             raise argparse.ArgumentTypeError(f"{text} is not an integer >= 1")
@@ -146,6 +162,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before them (default 1)")
     parser.add_argument("--ratios", type=ratios, default=[1.0, 0.5, 0.25, 0.11], help="default 1,.5,.25,.11")
     parser.add_argument("--strategies", type=strategies, default=["rank", "row"], help="default rank,row")
+    parser.add_argument(
+        "--scores", type=readings, default=[DEFAULT_SCORES],
+        help=f"readings of the attention for the scoring strategies, e.g. logits,softmax (default {DEFAULT_SCORES}); "
+        "the significance cost is always measured for both",
+    )  # fmt: skip
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     parser.add_argument(

@@ -15,7 +15,7 @@ def _ratio(value: float | None) -> str:
 
 def format_tables(result: dict[str, Any]) -> str:
     """Markdown: a header of machine facts, the sweep table, the ideal, the significance cost, the parity table."""
-    m, model, s, sig = result["machine"], result["model"], result["settings"], result["significance"]
+    m, model, s = result["machine"], result["model"], result["settings"]
     pixels = f", pixels {model['min_pixels']}..{model['max_pixels']}" if "min_pixels" in model else ""
     lines = [
         f"## FoPru benchmark: {model['adapter']}, {model['size']} random {model['family']}, "
@@ -60,20 +60,19 @@ def format_tables(result: dict[str, Any]) -> str:
         "tower's; then the tower with the hooks on, and how much slower that was (a difference of two passes, so "
         "within a few percent of noise).",
         "",
-        "| significance cost | images | tower ms | significance ms | share | tower with hooks ms | difference |",
-        "|---|---|---|---|---|---|---|",
+        "| significance cost | scores | images | tower ms | significance ms | share | tower with hooks ms "
+        "| difference |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    full_tower = result.get("significance_full_tower")
-    towers = {"this model's tower": sig, f"published size ({full_tower['tower'] if full_tower else ''})": full_tower}
-    for name, cost in towers.items():
-        if cost is None:
-            lines.append(f"| {name} | n/a | n/a | n/a | n/a (--no-full-tower) | n/a | n/a |")
-        elif "skipped" in cost:
-            lines.append(f"| {name} | n/a | n/a | n/a | n/a ({cost['skipped']}) | n/a | n/a |")
-        else:
+    for scores, towers in result["significance_by_scores"].items():
+        if "published size" not in towers:
+            lines.append(f"| published size | {scores} | n/a | n/a | n/a | n/a (--no-full-tower) | n/a | n/a |")
+        for name, cost in towers.items():
+            name = f"{name} ({cost['tower']})" if "tower" in cost else name
             lines.append(
-                f"| {name} | {cost['images']} | {cost['tower_s'] * 1e3:.1f} | {cost['significance_s'] * 1e3:.1f} "
-                f"| {cost['share']:.1%} | {cost['tower_with_significance_s'] * 1e3:.1f} | {cost['overhead']:+.1%} |"
+                f"| {name} | {scores} | {cost['images']} | {cost['tower_s'] * 1e3:.1f} "
+                f"| {cost['significance_s'] * 1e3:.1f} | {cost['share']:.1%} "
+                f"| {cost['tower_with_significance_s'] * 1e3:.1f} | {cost['overhead']:+.1%} |"
             )
     if "reference" in result:
         c = result["reference"]

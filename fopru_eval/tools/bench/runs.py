@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from fopru_eval.core.config import PruningConfig
+from fopru_eval.core.config import DEFAULT_SCORES, PruningConfig
+from fopru_eval.core.scoring import SCORERS
 from fopru_eval.tools.bench.measure import PeakMemory, capture_overhead, rss_follows_tensors, timed
 from fopru_eval.tools.bench.models import BenchModel
 from fopru_eval.tools.bench.workload import chat_requests
@@ -46,7 +47,11 @@ def ideal_times(adapter: Any, prompts: list[Any], counts: list[int], max_new_tok
 
 
 def label(config: PruningConfig) -> str:
-    return f"{config.strategy}@{config.keep_ratio:g}" if config.selection.uses_budget else config.strategy
+    """``rank@0.25``; ``rank+logits@0.25`` where the reading is not the default one."""
+    if not config.selection.uses_budget:
+        return config.strategy
+    reading = f"+{config.scores}" if config.needs_scores and config.scores != DEFAULT_SCORES else ""
+    return f"{config.strategy}{reading}@{config.keep_ratio:g}"
 
 
 def compare_configs(
@@ -101,6 +106,7 @@ def compare_configs(
             {
                 "config": label(config),
                 "strategy": config.strategy,
+                "scores": config.scores if config.needs_scores else None,
                 "keep_ratio": config.keep_ratio or 1.0,
                 "visual_tokens_kept": statistics.mean(c.visual_tokens_kept for c in counts),
                 "visual_tokens_total": statistics.mean(c.visual_tokens_total for c in counts),
@@ -120,19 +126,22 @@ def compare_configs(
     return rows
 
 
-def significance_cost(adapter: Any, docs: list[dict], args: argparse.Namespace) -> dict[str, Any]:
-    """On the benchmark model's own tower: the capture the adapter's family installs for scoring strategies, around
-    the model's own ``get_image_features`` on the benchmark's images."""
+def significance_cost(adapter: Any, docs: list[dict], args: argparse.Namespace, scores: str) -> dict[str, Any]:
+    """On the benchmark model's own tower: the capture the adapter's family installs for scoring strategies (FoPru's
+    ``auto`` significance, read as ``scores``), around the model's own ``get_image_features`` on the benchmark's
+    images."""
     family = adapter.family
     images = [family.prepare_image(doc["image"]) for doc in docs]
     encoded = family.processor.image_processor(images, return_tensors="pt")
     names = [name for name in ("image_sizes", "image_grid_thw") if name in encoded]
     forward = partial(family.model.get_image_features, **family.tower_inputs(encoded, *names))
-    capture = partial(family.significance_capture, adapter.pruning.scorer)
+    capture = partial(family.significance_capture, SCORERS.get("auto").reading(scores))
     return capture_overhead(forward, capture, len(images), adapter.device, args)
 
 
-def significance_cost_full_tower(model: BenchModel, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+def significance_cost_full_tower(
+    model: BenchModel, device: torch.device, args: argparse.Namespace, scores: str = DEFAULT_SCORES
+) -> dict[str, Any]:
     """On the family's own vision tower at its published size (``full_size.py``, random weights): the cost at the size
     users run, where the one recomputed map is a small part of a deep, wide tower, unlike in a small benchmark tower.
     The family builds the tower, its random inputs (LLaVA: one 336 px view per image; Qwen: 448 x 448 images, 32 x 32
@@ -144,7 +153,7 @@ def significance_cost_full_tower(model: BenchModel, device: torch.device, args: 
     tower = family.tower_class._from_config(config.vision_config, dtype=dtype).to(device).eval()
     inputs = family.random_tower_inputs(config, images, torch.Generator().manual_seed(0))
     inputs = {name: x.to(device, dtype) if x.is_floating_point() else x.to(device) for name, x in inputs.items()}
-    capture = partial(family.tower_capture, tower, config, "auto")
+    capture = partial(family.tower_capture, tower, config, SCORERS.get("auto").reading(scores))
     cost = capture_overhead(partial(tower, **inputs), capture, images, device, args)
     cost["tower"] = f"{model.full_size_tower}, {sum(p.numel() for p in tower.parameters()) / 1e6:.0f}M parameters"
     return cost

@@ -38,6 +38,9 @@ RELATIONS: dict[str, tuple[int, int]] = {"left of": (0, -1), "right of": (0, 1),
 QUESTION_KINDS = ("color_at", "shape_at", "count", "relation_color", "relation_shape")
 
 TEST_SEED_OFFSET = 1_000_000_000  # test scenes use seeds >= this; training scenes use seeds below it
+# Dev scenes (choices such as the default scorer are made on these, never on the test split): the seeds training uses
+# for its progress reports only, never to train on.
+DEV_SEED_OFFSET = 900_000_000
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,11 @@ def make_docs(first_seed: int, num_docs: int) -> list[tuple[Scene, Question]]:
         if question is not None:
             docs.append((scene, question))
     return docs
+
+
+def make_dev_docs(num_docs: int) -> list[tuple[Scene, Question]]:
+    """The dev split (tasks/fopru_demo, fopru_demo_dev): seeds from ``DEV_SEED_OFFSET``."""
+    return make_docs(DEV_SEED_OFFSET, num_docs)
 
 
 def make_test_docs(num_docs: int) -> list[tuple[Scene, Question]]:

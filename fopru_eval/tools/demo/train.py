@@ -48,7 +48,7 @@ NUM_PATCHES = (scenes.IMAGE_SIZE // PATCH_SIZE) ** 2
 # Scene seeds per stage, both below scenes.TEST_SEED_OFFSET, so no training scene shares a seed with a test scene.
 VISION_SEEDS = 0
 LANGUAGE_SEEDS = 500_000_000
-VALIDATION_SEEDS = 900_000_000  # progress reports only; stage 2 never trains on these
+VALIDATION_SEEDS = scenes.DEV_SEED_OFFSET  # progress reports only (and the dev split); never trained on
 # Each training image carries a conversation of two questions of every kind plus a description: the 64 visual
 # tokens are the bulk of a sequence, so more answers per image is the cheapest supervision there is.
 TRAIN_KINDS = scenes.QUESTION_KINDS * 2

@@ -7,10 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from fopru_eval.core.config import PRUNING_ARGS, PruningConfig
+from fopru_eval.core.scoring import READINGS
 from fopru_eval.core.strategies import STRATEGIES
 
 # Output types only lmms-eval's simple model class can answer (its chat task class accepts generation only).
 LOGLIKELIHOOD_TYPES = ("loglikelihood", "multiple_choice")
+# Peers' budgets: 192, 128 and 64 of LLaVA-1.5's 576 visual tokens per image (VisionZip, SparseVLM, PyramidDrop, ...).
+PEER_TOKENS, PEER_VIEW_TOKENS = (192, 128, 64), 576
 # The budget is what a sweep varies, so the user's --model_args must leave it out.
 SWEPT_ARGS = ("strategy", "keep_ratio", "keep_tokens")
 
@@ -21,53 +24,105 @@ class SweepError(ValueError):
 
 @dataclass(frozen=True)
 class Point:
-    """One pruning config of a sweep."""
+    """One pruning config of a sweep, and the model args that make it differ from the user's ``--model_args``."""
 
     config: PruningConfig
+    # strategy, the budget, and significance/scores where the sweep varies them, in the order they are written.
+    swept_args: tuple[tuple[str, Any], ...]
 
     @property
-    def keep_ratio(self) -> float:
-        return float(self.config.keep_ratio) if self.config.selection.uses_budget else 1.0
+    def method(self) -> str:
+        """How tokens are chosen, without the budget: the strategy, plus the scorer and the reading of the attention
+        where the sweep varies them (``rank+cls+logits``)."""
+        extras = [str(value) for name, value in self.swept_args if name in ("significance", "scores")]
+        return "+".join([self.config.strategy, *extras])
+
+    @property
+    def keep_ratio(self) -> float | None:
+        """The ratio budget; 1 for the unpruned reference, None for a token budget."""
+        if not self.config.selection.uses_budget:
+            return 1.0
+        return None if self.config.keep_ratio is None else float(self.config.keep_ratio)
 
     @property
     def label(self) -> str:
-        return f"{self.config.strategy}@{self.keep_ratio:g}"
+        # Three significant digits: 0.5, 0.25, 0.11, and 0.333 for peers' 192 of 576 (model_args has the exact float).
+        budget = f"{self.config.keep_tokens}tok" if self.config.keep_tokens is not None else f"{self.keep_ratio:.3g}"
+        return f"{self.method}@{budget}"
 
     def model_args(self, base: str) -> str:
         """The ``--model_args`` that make ``lmms-eval`` alone evaluate this point."""
-        budget = f"strategy={self.config.strategy}"
-        if self.config.selection.uses_budget:
-            budget += f",keep_ratio={self.keep_ratio!r}"  # repr: the exact float, where the label rounds
+        # repr: the exact float, where the label rounds
+        swept = ",".join(f"{name}={value!r}" if isinstance(value, float) else f"{name}={value}"
+                         for name, value in self.swept_args)  # fmt: skip
         base = base.strip(",")
-        return f"{base},{budget}" if base else budget
+        return f"{base},{swept}" if base else swept
 
 
-def plan_points(strategies: list[str], keep_ratios: list[float], model_args: str) -> list[Point]:
-    """Every point to evaluate, the unpruned reference first; each config validated as the adapter would."""
+def parse_method(spec: str) -> tuple[str, dict[str, str]]:
+    """``rank+cls+logits`` -> ("rank", {"significance": "cls", "scores": "logits"}): a strategy, optionally with the
+    scorer and the reading it uses, as in point labels."""
+    strategy, *extras = spec.split("+")
+    chosen: dict[str, str] = {}
+    for extra in extras:
+        chosen["scores" if extra in READINGS else "significance"] = extra
+    return strategy, chosen
+
+
+def fixed_pruning_args(
+    model_args: str, significances: list[str] | None = None, scores: list[str] | None = None
+) -> dict[str, Any]:
+    """The pruning args of ``--model_args``, which apply to every point; refused where the sweep varies them."""
     from lmms_eval.utils import simple_parse_args_string
 
     given = simple_parse_args_string(model_args)
-    if swept := sorted(set(given) & set(SWEPT_ARGS)):
+    varied = SWEPT_ARGS + (("significance",) if significances else ()) + (("scores",) if scores else ())
+    if swept := sorted(set(given) & set(varied)):
         raise SweepError(
-            f"--model_args sets {', '.join(swept)}, which the sweep varies itself: drop them and use --strategies "
-            "and --keep-ratios"
+            f"--model_args sets {', '.join(swept)}, which the sweep varies itself: drop them and use --strategies, "
+            "--keep-ratios or --keep-tokens, --significance and --scores"
         )
-    # significance and seed may come with --model_args; they apply to every point.
-    fixed = {name: value for name, value in given.items() if name in PRUNING_ARGS}
+    return {name: value for name, value in given.items() if name in PRUNING_ARGS}
 
-    budgets = []
-    pruning = [strategy for strategy in strategies if STRATEGIES.get(strategy).uses_budget]
-    if len(pruning) < len(strategies) or 1.0 in keep_ratios:
-        budgets.append(("none", None))
-    for strategy in pruning:
-        budgets += [(strategy, ratio) for ratio in sorted(set(keep_ratios), reverse=True) if ratio < 1.0]
-    if not budgets:
-        raise SweepError("nothing to evaluate: give a pruning strategy with a keep ratio below 1, or strategy none")
-    points = []
-    for strategy, ratio in budgets:
-        config, _ = PruningConfig.from_model_args({**fixed, "strategy": strategy, "keep_ratio": ratio})
-        points.append(Point(config))
-    return points
+
+def plan_points(
+    strategies: list[str],
+    keep_ratios: list[float],
+    model_args: str,
+    keep_tokens: list[int] | None = None,
+    significances: list[str] | None = None,
+    scores: list[str] | None = None,
+) -> list[Point]:
+    """Every point to evaluate, the unpruned reference first; each config validated as the adapter would.
+
+    ``strategies`` are methods (``rank``, ``rank+cls``); a scoring strategy without its own scorer or reading runs once
+    per ``significances`` x ``scores`` (default: what ``model_args`` says, or the defaults). Budgets are every ratio
+    below 1 of ``keep_ratios`` and every count of ``keep_tokens``; ratio 1, or a strategy without a budget, adds the
+    unpruned reference.
+    """
+    # significance, scores, positions and seed may come with --model_args; they apply to every point.
+    fixed = fixed_pruning_args(model_args, significances, scores)
+    budgets: list[tuple[str, Any]] = [("keep_ratio", r) for r in sorted(set(keep_ratios), reverse=True) if r < 1.0]
+    budgets += [("keep_tokens", k) for k in sorted(set(keep_tokens or []), reverse=True)]
+
+    methods = [parse_method(spec) for spec in strategies]
+    pruning = [(strategy, chosen) for strategy, chosen in methods if STRATEGIES.get(strategy).uses_budget]
+    plans: list[tuple[tuple[str, Any], ...]] = []
+    if len(pruning) < len(methods) or 1.0 in keep_ratios:
+        plans.append((("strategy", "none"),))
+    for strategy, chosen in pruning:
+        variants: list[tuple[tuple[str, Any], ...]] = [()]
+        if STRATEGIES.get(strategy).needs_scores:
+            variants = [
+                tuple((name, value) for name, value in (("significance", sig), ("scores", reading)) if value)
+                for sig in ([chosen["significance"]] if "significance" in chosen else significances or [None])
+                for reading in ([chosen["scores"]] if "scores" in chosen else scores or [None])
+            ]
+        plans += [(("strategy", strategy), budget, *variant) for variant in variants for budget in budgets]
+    if not plans:
+        raise SweepError("nothing to evaluate: give a pruning strategy with a budget below all tokens, or none")
+    points = [Point(PruningConfig.from_model_args({**fixed, **dict(plan)})[0], plan) for plan in plans]
+    return list({point.label: point for point in points}.values())
 
 
 # ----- tasks ------------------------------------------------------------------------------------------------------

@@ -74,8 +74,12 @@ def point_row(point: Point, results: dict[str, Any], stats: dict[str, Any]) -> d
     overall = stats["overall"]
     row: dict[str, Any] = {
         "label": point.label,
+        "method": point.method,
         "strategy": point.config.strategy,
+        "significance": point.config.significance if point.config.needs_scores else None,
+        "scores": point.config.scores if point.config.needs_scores else None,
         "keep_ratio": point.keep_ratio,
+        "keep_tokens": point.config.keep_tokens,
         TOKENS: overall["visual_tokens_kept_mean"],
         "visual_tokens_total_mean": overall["visual_tokens_total_mean"],
         "visual_keep_fraction": overall["visual_keep_fraction"],

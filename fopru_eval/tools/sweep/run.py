@@ -19,11 +19,39 @@ from typing import Any
 from unittest import mock
 
 from fopru_eval.core.config import PruningConfigError
+from fopru_eval.core.scoring import READINGS, SCORERS
 from fopru_eval.core.strategies import STRATEGIES
-from fopru_eval.tools.sweep.plan import SweepError, leaf_task_configs, needs_simple_class, plan_points, resolve_tasks
+from fopru_eval.tools.sweep.plan import (
+    PEER_TOKENS,
+    PEER_VIEW_TOKENS,
+    SweepError,
+    fixed_pruning_args,
+    leaf_task_configs,
+    needs_simple_class,
+    parse_method,
+    plan_points,
+    resolve_tasks,
+)
 from fopru_eval.tools.sweep.results import write_point, write_summary
 
 # ----- the run ----------------------------------------------------------------------------------------------------
+
+
+# The options that make the points, as recorded in the W&B run's config.
+SWEPT_OPTIONS = ("strategies", "keep_ratios", "keep_tokens", "significance", "scores")
+
+
+def peer_budgets(model_class: type, model_args: str) -> tuple[list[float], list[int] | None]:
+    """The default budgets: peers' 192, 128 and 64 tokens where a view has LLaVA-1.5's 576 tokens, else the same
+    fractions as keep ratios (read from the checkpoint's config; no weights load). Ratio 1 adds the reference."""
+    from lmms_eval.utils import simple_parse_args_string
+    from transformers import AutoConfig
+
+    pretrained = simple_parse_args_string(model_args).get("pretrained")
+    view_tokens = model_class.family_class.view_tokens(AutoConfig.from_pretrained(pretrained)) if pretrained else None
+    if view_tokens == PEER_VIEW_TOKENS:
+        return [1.0], list(PEER_TOKENS)
+    return [1.0, *(tokens / PEER_VIEW_TOKENS for tokens in PEER_TOKENS)], None
 
 
 def _lmms_eval_cli_args(**values: Any) -> argparse.Namespace:
@@ -65,7 +93,7 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]] | None:
     logger.remove()
     logger.add(sys.stderr, level=args.verbosity)
     # Everything that can be wrong with the request is checked before the weights load.
-    points = plan_points(args.strategies, args.keep_ratios, args.model_args)
+    fixed_pruning_args(args.model_args, args.significance, args.scores)
     include_path = [str(Path(path).resolve()) for path in args.include_path]
     task_manager = TaskManager(args.verbosity, include_path=include_path, model_name=args.model)
     task_names = resolve_tasks(task_manager, args.tasks)
@@ -73,6 +101,13 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]] | None:
     model_class = get_model(args.model, force_simple)
     if not issubclass(model_class, FoPruLMM):
         raise SweepError(f"--model {args.model} is not a FoPru adapter (e.g. llava_fopru): it has no pruning to sweep")
+    if args.keep_ratios is None and args.keep_tokens is None:
+        args.keep_ratios, args.keep_tokens = peer_budgets(model_class, args.model_args)
+    elif args.keep_ratios is None:
+        args.keep_ratios = []  # the reference only where asked for (strategy none): a W&B agent run is one point
+    points = plan_points(
+        args.strategies, args.keep_ratios or [], args.model_args, args.keep_tokens, args.significance, args.scores
+    )
 
     adapter = model_class.create_from_arg_string(
         points[0].model_args(args.model_args), {"batch_size": args.batch_size, "device": args.device}
@@ -98,8 +133,8 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]] | None:
             entity=args.wandb_entity,
             group=args.wandb_group,
             name=args.wandb_name,
-            config={**about, "strategies": args.strategies, "keep_ratios": args.keep_ratios},
-            points=[(p.config.strategy, p.keep_ratio) for p in points],
+            config={**about, **{name: getattr(args, name) for name in SWEPT_OPTIONS}},
+            points=[dict(p.swept_args) for p in points],
         )
 
     rows: list[dict[str, Any]] = []
@@ -154,16 +189,46 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]] | None:
 # ----- command line -----------------------------------------------------------------------------------------------
 
 
-def _strategies(text: str) -> list[str]:
-    values = [value.strip() for value in text.split(",") if value.strip()]
+def _names(registry: Any, values: list[str]) -> list[str]:
+    """Comma-separated registry names, each checked now (a typo costs no model load)."""
     if not values:
-        raise argparse.ArgumentTypeError(f"{text!r}: accepted strategies are {STRATEGIES.accepted()}")
+        raise argparse.ArgumentTypeError(f"accepted values: {registry.accepted()}")
     for value in values:
         try:
-            STRATEGIES.get(value)
+            registry.get(value)
         except PruningConfigError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
     return list(dict.fromkeys(values))
+
+
+def _strategies(text: str) -> list[str]:
+    """Methods: a strategy, optionally with its scorer and reading (``rank+cls+logits``), as in point labels."""
+    methods = [value.strip() for value in text.split(",") if value.strip()]
+    _names(STRATEGIES, [parse_method(method)[0] for method in methods])
+    for method in methods:
+        _names(SCORERS, [parse_method(method)[1].get("significance", "auto")])
+    return list(dict.fromkeys(methods))
+
+
+def _significances(text: str) -> list[str]:
+    return _names(SCORERS, [value.strip() for value in text.split(",") if value.strip()])
+
+
+def _scores(text: str) -> list[str]:
+    values = [value.strip() for value in text.split(",") if value.strip()]
+    if not values or not set(values) <= set(READINGS):
+        raise argparse.ArgumentTypeError(f"{text!r}: accepted values are {', '.join(READINGS)}")
+    return list(dict.fromkeys(values))
+
+
+def _keep_tokens(text: str) -> list[int]:
+    try:
+        values = [int(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: keep tokens are integers >= 1, comma-separated")
+    return values
 
 
 def _keep_ratios(text: str) -> list[float]:
@@ -198,12 +263,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", type=lambda text: [t for t in text.split(",") if t], required=True)
     parser.add_argument(
         "--strategies", "--strategy", type=_strategies, default=["rank", "row", "random"],
-        help="comma-separated, e.g. rank,row,random,none or package.module:function (default rank,row,random)",
+        help="comma-separated methods: a strategy (rank, row, random, uniform, none, package.module:function), "
+        "optionally with its scorer and reading, e.g. rank+cls+softmax (default rank,row,random)",
     )  # fmt: skip
     parser.add_argument(
-        "--keep-ratios", "--keep_ratios", "--keep_ratio", "--keep-ratio", type=_keep_ratios,
-        default=[1.0, 0.5, 0.25, 0.11],
-        help="comma-separated, in (0, 1]; 1 (or strategy none) adds the unpruned reference (default 1,.5,.25,.11)",
+        "--keep-ratios", "--keep_ratios", "--keep_ratio", "--keep-ratio", type=_keep_ratios, default=None,
+        help="comma-separated, in (0, 1]; 1 (or strategy none) adds the unpruned reference",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep-tokens", "--keep_tokens", type=_keep_tokens, default=None,
+        help="comma-separated tokens per image (per view); add strategy none for the reference. Without either "
+        "budget: peers' 192,128,64 where an image has LLaVA-1.5's 576 tokens, else the same fractions as ratios, "
+        "and the unpruned reference",
+    )  # fmt: skip
+    parser.add_argument(
+        "--significance", type=_significances, default=None,
+        help="comma-separated scorers for the scoring strategies, e.g. auto,column,row,cls (default: model_args')",
+    )  # fmt: skip
+    parser.add_argument(
+        "--scores", type=_scores, default=None,
+        help="comma-separated readings of the attention for the built-in scorers: logits,softmax",
     )  # fmt: skip
     parser.add_argument(
         "--output_path", "--output-path", "--output", type=Path, required=True,
