@@ -45,13 +45,15 @@ class FoPruLMM(MultiRoundMixin, lmms):
     is_simple = True
     model_name = "fopru"
     family_class: ClassVar[type[Family]]
+    # What dtype=... defaults to: what lmms-eval's own adapter for the family loads, so strategy=none is a drop-in.
+    default_dtype = "auto"
 
     def __init__(
         self,
         pretrained: str,
         revision: str = "main",
         device: str | None = None,
-        dtype: str = "auto",
+        dtype: str | None = None,
         device_map: str = "",
         attn_implementation: str | None = None,
         batch_size: int | str = 1,
@@ -69,7 +71,7 @@ class FoPruLMM(MultiRoundMixin, lmms):
             raise ValueError(f"{self.model_name}: unknown model args {unknown}; accepted: {accepted}")
         self.pruning, _ = PruningConfig.from_model_args(kwargs)
         self.batch_size_per_gpu = _positive_int("batch_size", batch_size)
-        torch_dtype = _torch_dtype(dtype)
+        torch_dtype = _torch_dtype(dtype or self.default_dtype)
         self.use_cache = bool(use_cache)
         self.family_class.check_checkpoint(
             pretrained, self.model_name, self.pruning, revision=revision, trust_remote_code=trust_remote_code

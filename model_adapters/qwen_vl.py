@@ -1,13 +1,19 @@
 """``qwen2_vl_fopru`` and ``qwen2_5_vl_fopru``: Qwen2-VL and Qwen2.5-VL with FoPru pruning; the families (packed
 tower, merged grids, M-RoPE positions) are in ``fopru_eval/families/qwen_vl.py``. What is here matches lmms-eval's own
-Qwen adapters: their pixel limits, their prompts and how they finish answers.
+Qwen adapters, so that ``strategy=none`` answers as they do with the same model args: their pixel limits, their
+default dtype (bfloat16 for Qwen2.5-VL), the JPEG round trip their simple classes put every image through
+(``lossless_images=true`` skips it), their prompts and how they finish answers.
 """
 
 from __future__ import annotations
 
+import base64
+from io import BytesIO
 from typing import Any
 
 from lmms_eval.api.instance import GenerationResult
+from lmms_eval.models.model_utils.media_encoder import encode_image_to_data_url
+from PIL import Image
 
 from fopru_eval.families.qwen_vl import QWEN_VL_UTILS_PIXEL_LIMITS, Qwen2_5_VL, Qwen2VL
 from fopru_model_adapters.base import FoPruLMM, Prompt
@@ -26,14 +32,18 @@ class QwenVLFoPru(FoPruLMM):
     strip_answers = False
     # lmms-eval's Qwen adapters default to 128 new tokens when a task sets none.
     default_max_new_tokens = 128
+    # lmms-eval's simple Qwen adapters hand every image to qwen-vl-utils as a JPEG (quality 85) data URL.
+    sends_jpeg = True
 
     def __init__(
         self,
         pretrained: str,
         min_pixels: int | str | None = None,
         max_pixels: int | str | None = None,
+        lossless_images: bool | str = False,
         **kwargs: Any,
     ) -> None:
+        self.lossless_images = _boolean("lossless_images", lossless_images)
         self.min_pixels = _pixels("min_pixels", min_pixels, self.default_min_pixels)
         self.max_pixels = _pixels("max_pixels", max_pixels, self.default_max_pixels)
         if self.min_pixels > self.max_pixels:
@@ -61,7 +71,17 @@ class QwenVLFoPru(FoPruLMM):
     def _prompt_from_visuals(self, ctx: str, *args: Any) -> Prompt:
         # Images go in as their own content items; a LLaVA-style "<image>" marker in a task's text is dropped, as
         # lmms-eval's Qwen adapters drop it.
-        return super()._prompt_from_visuals(ctx.replace("<image>", ""), *args)
+        return self._as_lmms_eval_sends(super()._prompt_from_visuals(ctx.replace("<image>", ""), *args))
+
+    def _prompt_from_messages(self, *args: Any) -> Prompt:
+        return self._as_lmms_eval_sends(super()._prompt_from_messages(*args))
+
+    def _as_lmms_eval_sends(self, prompt: Prompt) -> Prompt:
+        """The prompt's images as lmms-eval's adapter for the family hands them to qwen-vl-utils: through a JPEG
+        (quality 85) round trip, unless ``lossless_images`` or the adapter sends them as they are."""
+        if self.sends_jpeg and not self.lossless_images:
+            prompt.images[:] = [jpeg_round_trip(image) for image in prompt.images]
+        return prompt
 
     def generation_kwargs(self, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
         return super().generation_kwargs({"max_new_tokens": self.default_max_new_tokens, **gen_kwargs})
@@ -108,6 +128,8 @@ class Qwen2_5_VLFoPru(QwenVLFoPru):
 
     model_name = "qwen2_5_vl_fopru"
     family_class = Qwen2_5_VL
+    # lmms-eval's qwen2_5_vl loads bfloat16 whatever the checkpoint says.
+    default_dtype = "bfloat16"
     default_min_pixels = 256 * 28 * 28
     default_max_pixels = 1605632
     # lmms-eval's simple qwen2_5_vl cuts at until strings except "\n\n" (Qwen2.5-VL answers contain blank lines).
@@ -121,9 +143,26 @@ class Qwen2_5_VLFoPruChat(Qwen2_5_VLFoPru):
 
     is_simple = False
     apply_until = False
+    # Its chat class hands the PIL images to qwen-vl-utils as they are.
+    sends_jpeg = False
 
     def presize_limits(self) -> tuple[int, int]:
         return QWEN_VL_UTILS_PIXEL_LIMITS
+
+
+def jpeg_round_trip(image: Image.Image) -> Image.Image:
+    """What lmms-eval's simple Qwen adapters do to an image: encode it with lmms-eval's own encoder as an RGB JPEG of
+    quality 85, and decode it as qwen-vl-utils decodes a data URL."""
+    url = encode_image_to_data_url(image, image_format="JPEG", mime_type="image/jpeg", convert_rgb=True, quality=85)
+    with BytesIO(base64.b64decode(url.split("base64,", 1)[1])) as data:
+        return Image.open(data).convert("RGB")
+
+
+def _boolean(name: str, value: bool | str) -> bool:
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0"):
+        raise ValueError(f"{name}={value!r} is not supported; accepted values: true, false")
+    return text in ("true", "1")
 
 
 def _pixels(name: str, value: int | str | None, default: int) -> int:

@@ -56,7 +56,8 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def adapter(checkpoints: dict[str, Path], family: str, **args) -> QwenVLFoPru:
-    return FAMILIES[family](pretrained=str(checkpoints[family]), device="cpu", **{**PIXELS, **args})
+    # float32, as the Hugging Face references here load (Qwen2.5-VL's adapter defaults to lmms-eval's bfloat16).
+    return FAMILIES[family](pretrained=str(checkpoints[family]), device="cpu", **{**PIXELS, "dtype": "float32", **args})
 
 
 def hf_model_and_processor(path: Path, **load_args) -> tuple:
@@ -379,7 +380,8 @@ def test_loglikelihood_is_the_mean_token_loss_of_the_continuation(checkpoints: d
         ({"strategy": "none", "min_pixels": 5000, "max_pixels": 4000}, "min_pixels=5000 is above max_pixels=4000"),
         (
             {"strategy": "none", "max_pixel": 4000},
-            r"unknown model args \['max_pixel'\]; accepted: pretrained, min_pixels, max_pixels, revision",
+            r"unknown model args \['max_pixel'\]; accepted: pretrained, min_pixels, max_pixels, lossless_images, "
+            r"revision",
         ),
     ],
 )
@@ -426,19 +428,21 @@ def task_manager():
     return TaskManager(include_path=str(TASKS_DIR))  # reads every built-in task's YAML: seconds, so only once
 
 
-def lmms_eval_in_process(task_manager, model: str, model_args: str) -> dict:
-    """lmms-eval's own evaluation of fopru_shapes_gen, as its CLI runs it (model resolved by name), in this process."""
+def lmms_eval_in_process(
+    task_manager, model: str, model_args: str, task: str = "fopru_shapes_gen", limit: int | None = 4
+) -> dict:
+    """lmms-eval's own evaluation of ``task``, as its CLI runs it (model resolved by name), in this process."""
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.utils import get_datetime_str
 
     return simple_evaluate(
         model=model,
         model_args=model_args,
-        tasks=["fopru_shapes_gen"],
+        tasks=[task],
         task_manager=task_manager,
         batch_size=1,
         device="cpu",
-        limit=4,
+        limit=limit,
         log_samples=True,
         datetime_str=get_datetime_str(),
     )
@@ -454,12 +458,12 @@ def lossless(self, image) -> str:
     ("family", "ours_extra", "theirs_extra"),
     [
         # lmms-eval's qwen2_vl has a simple class only; ours answers through its chat class (the default).
-        ("qwen2_vl", "", "device_map=cpu"),
-        # lmms-eval's chat qwen2_5_vl (the default) loads bfloat16 whatever the checkpoint.
-        ("qwen2_5_vl", ",dtype=bfloat16", "device_map=cpu"),
+        ("qwen2_vl", ",lossless_images=true", "device_map=cpu"),
+        # lmms-eval's chat qwen2_5_vl (the default) hands images over losslessly and loads bfloat16.
+        ("qwen2_5_vl", ",lossless_images=true", "device_map=cpu"),
     ],
 )
-def test_strategy_none_answers_exactly_as_lmms_eval_qwen_adapters(
+def test_lossless_images_answer_as_lmms_eval_qwen_adapters_with_a_lossless_encoder(
     checkpoints: dict[str, Path], task_manager, family: str, ours_extra: str, theirs_extra: str
 ) -> None:
     from lmms_eval.models.simple.qwen2_vl import Qwen2_VL
@@ -467,8 +471,8 @@ def test_strategy_none_answers_exactly_as_lmms_eval_qwen_adapters(
     path = checkpoints[family]
     ours_args = f"pretrained={path},strategy=none,{TASK_PIXELS}{ours_extra}"
     ours = lmms_eval_in_process(task_manager, f"{family}_fopru", ours_args)
-    # lmms-eval's simple qwen2_vl re-encodes every image as JPEG (quality 85); ours does not (see the adapter). For
-    # the comparison its encoder is made lossless, everything else left as it is.
+    # lossless_images=true skips the JPEG round trip lmms-eval's simple qwen2_vl puts every image through; with its
+    # encoder made lossless too, everything else left as it is, the answers agree.
     with mock.patch.object(Qwen2_VL, "_encode_image_data_url", lossless):
         theirs = lmms_eval_in_process(task_manager, family, f"pretrained={path},{theirs_extra},{TASK_PIXELS}")
     answers = [s["filtered_resps"] for s in ours["samples"]["fopru_shapes_gen"]]
@@ -476,6 +480,27 @@ def test_strategy_none_answers_exactly_as_lmms_eval_qwen_adapters(
     assert answers == [s["filtered_resps"] for s in theirs["samples"]["fopru_shapes_gen"]]
     assert ours["results"]["fopru_shapes_gen"] == theirs["results"]["fopru_shapes_gen"]
     assert all(s["token_counts"][0]["visual_tokens_kept"] == 16 for s in ours["samples"]["fopru_shapes_gen"])
+
+
+@pytest.mark.parametrize("task", ["fopru_shapes_gen", "fopru_shapes_pair"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_strategy_none_is_a_drop_in_for_lmms_eval_qwen_adapters(
+    checkpoints: dict[str, Path], task_manager, family: str, task: str
+) -> None:
+    """Default settings on both sides, every doc of the task (fopru_shapes_pair: two images per doc): the same answers,
+    sample for sample. Ours follows lmms-eval's image round trip (JPEG for qwen2_vl) and dtype (bfloat16 for
+    qwen2_5_vl) by default."""
+    path = checkpoints[family]
+    ours_args = f"pretrained={path},strategy=none,{TASK_PIXELS}"
+    ours = lmms_eval_in_process(task_manager, f"{family}_fopru", ours_args, task, limit=None)
+    theirs_args = f"pretrained={path},device_map=cpu,{TASK_PIXELS}"
+    theirs = lmms_eval_in_process(task_manager, family, theirs_args, task, limit=None)
+    answers = [s["filtered_resps"] for s in ours["samples"][task]]
+    assert len(answers) == 48 and len(set(map(str, answers))) > 1  # the random model's answers depend on the image
+    assert answers == [s["filtered_resps"] for s in theirs["samples"][task]]
+    assert ours["results"][task] == theirs["results"][task]
+    images = 2 if task == "fopru_shapes_pair" else 1
+    assert all(s["token_counts"][0]["visual_tokens_total"] == 16 * images for s in ours["samples"][task])
 
 
 def unpruned_prompt_length(processor, sample: dict) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 
 def fopru_doc_to_visual(doc: dict[str, Any]) -> list[Image.Image]:
@@ -30,3 +30,14 @@ def fopru_gen_process_results(doc: dict[str, Any], results: list[str]) -> dict[s
     # generate_until passes one generation per doc.
     prediction = fopru_normalize(results[0] if results else "")
     return {"exact_match": float(prediction == doc["answer"].strip().lower())}
+
+
+def fopru_pair_doc_to_visual(doc: dict[str, Any]) -> list[Image.Image]:
+    # The picture, then its mirror image (left and right swapped).
+    image = doc["image"].convert("RGB")
+    return [image, ImageOps.mirror(image)]
+
+
+def fopru_pair_doc_to_text(doc: dict[str, Any], lmms_eval_specific_kwargs: dict[str, Any] | None = None) -> str:
+    question = fopru_doc_to_text(doc, lmms_eval_specific_kwargs)
+    return f"The second picture is the first one mirrored left to right. About the first picture: {question}"

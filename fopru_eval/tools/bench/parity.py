@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,22 +31,17 @@ def reference_model(family: BenchModel, adapter: Any, path: Path) -> tuple[Any, 
     if importlib.util.find_spec("qwen_vl_utils") is None:
         raise ImportError(f"lmms-eval's {family.reference} needs qwen-vl-utils, which is not installed")
     pixels = {"min_pixels": adapter.min_pixels, "max_pixels": adapter.max_pixels}
+    # Default settings on both sides: ours follows lmms-eval's image round trip and default dtype by itself.
     if family.reference == "qwen2_vl":
-        from lmms_eval.models.model_utils.media_encoder import encode_image_to_data_url
         from lmms_eval.models.simple.qwen2_vl import Qwen2_VL
 
-        # Its only class is the simple one, and it re-encodes every image as JPEG (quality 85), which ours does not:
-        # made lossless here, as in tests/test_qwen_vl.py, so that answers can be compared.
         theirs = Qwen2_VL(pretrained=str(path), device=device, device_map=device, batch_size=1, **pixels)
-        theirs._encode_image_data_url = partial(encode_image_to_data_url, image_format="PNG", convert_rgb=True)
-        return theirs, simple_requests, "its simple class; its JPEG re-encoding made lossless"
+        return theirs, simple_requests, "its only class, the simple one"
     if family.reference == "qwen2_5_vl":
         from lmms_eval.models.chat.qwen2_5_vl import Qwen2_5_VL
 
-        # It loads bfloat16 whatever the checkpoint: cast to the dtype ours runs in, so that answers can be compared.
         theirs = Qwen2_5_VL(pretrained=str(path), device=device, device_map=device, batch_size=1, **pixels)
-        theirs.model.to(adapter.model.dtype)
-        return theirs, chat_requests, f"its bfloat16 weights cast to {str(adapter.model.dtype).removeprefix('torch.')}"
+        return theirs, chat_requests, ""
     raise ValueError(f"no lmms-eval reference adapter known as {family.reference!r}")
 
 
