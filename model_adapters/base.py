@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import sys
 import time
 from typing import Any, ClassVar
 
@@ -116,6 +117,12 @@ class FoPruLMM(MultiRoundMixin, lmms):
         if device_map == "auto":
             self._device = self.model.device
         eval_logger.info(f"{self.model_name}: pruning {self.pruning.to_dict()}")
+        # Under `lmms-eval --wandb_args ...` lmms-eval's WandbLogger opens the run before the model loads, and records
+        # model_args as one string: add what this adapter prunes as fields W&B can group and plot runs by.
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and wandb.run is not None:
+            about = {"adapter": self.model_name, "pretrained": pretrained, **self.pruning.to_dict()}
+            wandb.run.config.update({"fopru": about}, allow_val_change=True)
 
     # ----- what an adapter may change ------------------------------------------------------------------------------
 

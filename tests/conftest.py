@@ -12,6 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -86,3 +87,63 @@ def greedy_decode_by_hand(adapter, inputs: dict, steps: int) -> list[int]:
             embeds = torch.cat([embeds, embed(token)[None]])
             positions = torch.cat([positions, positions[-1:] + 1])
     return tokens
+
+
+# ----- W&B offline runs ------------------------------------------------------------------------------------------
+
+
+def offline_runs(directory: Path) -> list[Path]:
+    return sorted((directory / "wandb").glob("offline-run-*"))
+
+
+@dataclass
+class OfflineRun:
+    group: str = ""
+    name: str = ""
+    job_type: str = ""
+    config: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    artifacts: list[tuple[str, str]] = field(default_factory=list)  # (name, type)
+
+
+def read_offline_run(run_dir: Path) -> OfflineRun:
+    """An offline W&B run as replayed from its .wandb log: its group, name and job type, its config, its final
+    summary and the artifacts it logged."""
+    from wandb.proto import wandb_internal_pb2 as pb
+    from wandb.sdk.internal import datastore
+
+    store = datastore.DataStore()
+    [log] = run_dir.glob("*.wandb")
+    store.open_for_scan(str(log))
+    run = OfflineRun()
+
+    def apply(updates: list, removes: list, target: dict) -> None:
+        for item in updates:
+            key = item.key or item.nested_key[0]
+            if not item.nested_key or len(item.nested_key) == 1:
+                target[key] = json.loads(item.value_json)
+            else:
+                target.setdefault(key, {})
+        for item in removes:
+            target.pop(item.key or item.nested_key[0], None)
+
+    while (data := store.scan_data()) is not None:
+        record = pb.Record()
+        record.ParseFromString(data)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run.group, run.name, run.job_type = record.run.run_group, record.run.display_name, record.run.job_type
+            apply(record.run.config.update, [], run.config)
+        elif kind == "config":
+            apply(record.config.update, record.config.remove, run.config)
+        elif kind == "summary":
+            apply(record.summary.update, record.summary.remove, run.summary)
+        elif kind == "artifact":
+            run.artifacts.append((record.artifact.name, record.artifact.type))
+    return run
+
+
+def read_table(run_dir: Path, key: str) -> list[dict]:
+    [path] = run_dir.glob(f"files/media/table/{key}_*.table.json")
+    table = json.loads(path.read_text())
+    return [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]

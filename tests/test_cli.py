@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoProcessor
 
-from conftest import TASKS_DIR, draw_image, lmms_eval, results_of, user_turn
+from conftest import TASKS_DIR, draw_image, lmms_eval, offline_runs, read_offline_run, results_of, user_turn
+from fopru_eval.core.config import PruningConfig
 
 IMAGE = draw_image("red", (0, 0, 8, 8))  # any image: only the placeholder count matters
 
@@ -32,8 +33,15 @@ def test_pruned_generation_run_reports_results_and_token_counts(tiny_llava: Path
     output = tmp_path / "out"
     model_args = f"pretrained={tiny_llava},strategy=rank,keep_ratio=0.25"
     run = lmms_eval(["--model", "llava_fopru", "--model_args", model_args, "--tasks", "fopru_shapes_gen",
-                     "--batch_size", "4", "--limit", "8", "--device", "cpu"], output)  # fmt: skip
+                     "--batch_size", "4", "--limit", "8", "--device", "cpu", "--wandb_args", "project=t"],
+                    output)  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    # lmms-eval's W&B run (offline here) holds its own results and, from the adapter, what it prunes.
+    [run_dir] = offline_runs(tmp_path)
+    wandb_run = read_offline_run(run_dir)
+    assert ("results", "eval_results") in wandb_run.artifacts
+    assert wandb_run.config["fopru"] == {"adapter": "llava_fopru", "pretrained": str(tiny_llava),
+                                         **PruningConfig(strategy="rank", keep_ratio=0.25).to_dict()}  # fmt: skip
     results, samples = results_of(output)
     assert "exact_match,none" in results["results"]["fopru_shapes_gen"]
     assert "strategy=rank,keep_ratio=0.25" in results["config"]["model_args"]

@@ -26,6 +26,7 @@ from fopru_model_adapters.qwen_vl import (
     Qwen2_5_VLFoPruChat,
     Qwen2VLFoPru,
     QwenVLFoPru,
+    jpeg_round_trip,
 )
 
 FAMILIES = {"qwen2_vl": Qwen2VLFoPru, "qwen2_5_vl": Qwen2_5_VLFoPru}
@@ -352,6 +353,8 @@ def test_loglikelihood_is_the_mean_token_loss_of_the_continuation(checkpoints: d
     model, processor = hf_model_and_processor(checkpoints[family])
     target = processor.tokenizer.encode(" red", add_special_tokens=False)
     for result, prompt in zip(results, prompts(), strict=True):
+        # The simple class sees each image through lmms-eval's JPEG round trip, in loglikelihood as in generation.
+        prompt.images[:] = [jpeg_round_trip(image) for image in prompt.images]
         inputs = hf_inputs(processor, [prompt])
         ids = torch.cat([inputs["input_ids"], torch.tensor([target])], dim=1)
         labels = torch.full_like(ids, -100)

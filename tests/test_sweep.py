@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TASKS_DIR
+from conftest import REPO, TASKS_DIR, offline_runs, read_offline_run, read_table
 from fopru_eval.tools import cli
 from fopru_eval.tools.curves import REFERENCE, curves_from_rows, write_pngs
 from fopru_eval.tools.sweep import SweepError, needs_simple_class, plan_points, visual_token_stats
@@ -25,49 +25,6 @@ def fopru_eval(args: list[str], cwd: Path, launcher: list[str] | None = None, en
            "OMP_NUM_THREADS": "1", **(env or {})}  # fmt: skip
     command = (launcher or [str(BIN / "fopru-eval")]) + args
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=cwd)
-
-
-def offline_runs(directory: Path) -> list[Path]:
-    return sorted((directory / "wandb").glob("offline-run-*"))
-
-
-def read_offline_run(run_dir: Path) -> tuple[dict, dict]:
-    """The config and the final summary of an offline W&B run, replayed from its .wandb log."""
-    from wandb.proto import wandb_internal_pb2 as pb
-    from wandb.sdk.internal import datastore
-
-    store = datastore.DataStore()
-    [log] = run_dir.glob("*.wandb")
-    store.open_for_scan(str(log))
-    config, summary = {}, {}
-
-    def apply(updates: list, removes: list, target: dict) -> None:
-        for item in updates:
-            key = item.key or item.nested_key[0]
-            if not item.nested_key or len(item.nested_key) == 1:
-                target[key] = json.loads(item.value_json)
-            else:
-                target.setdefault(key, {})
-        for item in removes:
-            target.pop(item.key or item.nested_key[0], None)
-
-    while (data := store.scan_data()) is not None:
-        record = pb.Record()
-        record.ParseFromString(data)
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            apply(record.run.config.update, [], config)
-        elif kind == "config":
-            apply(record.config.update, record.config.remove, config)
-        elif kind == "summary":
-            apply(record.summary.update, record.summary.remove, summary)
-    return config, summary
-
-
-def read_table(run_dir: Path, key: str) -> list[dict]:
-    [path] = run_dir.glob(f"files/media/table/{key}_*.table.json")
-    table = json.loads(path.read_text())
-    return [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
 
 
 # ----- parts ------------------------------------------------------------------------------------------------------
@@ -96,6 +53,11 @@ def test_a_bad_request_fails_before_any_weights_load(tmp_path: Path, capsys: pyt
         cli.main([*common, "--model_args", "pretrained=/nonexistent", "--keep-ratios", "0.5,0"])
     with pytest.raises(SystemExit):
         cli.main([*common, "--model_args", "pretrained=/nonexistent", "--strategies", "rank,fastv"])
+    assert cli.main([*common, "--model_args", "pretrained=/nonexistent", "--wandb_args", "project=p,projetc=q"]) == 2
+    assert "--wandb_args: wandb.init takes no ['projetc']; accepted: " in capsys.readouterr().err
+    wandb_args = ["--wandb_args", "project=p,name=a", "--wandb-project", "q"]
+    assert cli.main([*common, "--model_args", "pretrained=/nonexistent", *wandb_args]) == 2
+    assert "--wandb-project=q and --wandb_args project=p disagree" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
 
@@ -135,7 +97,7 @@ def test_curves_have_one_line_per_strategy_and_the_unpruned_reference(tmp_path: 
 # ----- end to end -------------------------------------------------------------------------------------------------
 
 
-def test_sweep_evaluates_every_point_on_one_model_and_logs_one_wandb_run(tiny_llava: Path, tmp_path: Path) -> None:
+def test_sweep_evaluates_every_point_on_one_model_and_logs_a_wandb_group(tiny_llava: Path, tmp_path: Path) -> None:
     """Multiple choice picks the simple class by itself; the submission task writes its file into each point."""
     run = fopru_eval(["sweep", "--model_args", f"pretrained={tiny_llava}", "--tasks",
                       "fopru_shapes_mc,fopru_shapes_submit", "--strategies", "rank,row,random", "--keep-ratios",
@@ -174,15 +136,29 @@ def test_sweep_evaluates_every_point_on_one_model_and_logs_one_wandb_run(tiny_ll
     assert len(csv_lines) == 1 + len(KEPT) and "fopru_shapes_mc/acc" in csv_lines[0]
     assert {p.name for p in output.glob("*.png")} == {"curves_fopru_shapes_mc.png", "curves_fopru_shapes_submit.png"}
 
-    [run_dir] = offline_runs(tmp_path)
-    config, wandb_summary = read_offline_run(run_dir)
-    assert config["model"] == "llava_fopru" and config["keep_ratios"] == [1.0, 0.5, 0.25]
-    # Several points: no single score in the summary; they live in the history, the table and the plots.
-    assert wandb_summary["points"] == len(KEPT) and "visual_tokens_kept_mean" not in wandb_summary
-    table = read_table(run_dir, "points")
+    # W&B: one run per point, filled by lmms-eval's own logger, and one with the curves, all in one group.
+    runs = {run.name: (run, run_dir) for run_dir in offline_runs(tmp_path) for run in [read_offline_run(run_dir)]}
+    [group] = {run.group for run, _ in runs.values()}
+    assert group.startswith("fopru-sweep-")
+    assert set(runs) == {f"{group}:{label}" for label in [*KEPT, "curves"]}
+    for row in summary["points"]:
+        run, _ = runs[f"{group}:{row['label']}"]
+        assert run.job_type == "fopru-point"
+        assert run.config["model"] == "llava_fopru" and run.config["pretrained"] == str(tiny_llava)
+        assert run.config["strategy"] == run.config["fopru"]["strategy"] == row["strategy"]
+        # lmms-eval's WandbLogger: task and CLI configs, its results artifact, its metrics; ours on top.
+        assert set(run.config["task_configs"]) == {"fopru_shapes_mc", "fopru_shapes_submit"}
+        assert f"strategy={row['strategy']}" in run.config["cli_configs"]["model_args"]
+        assert ("results", "eval_results") in run.artifacts
+        assert run.summary["fopru_shapes_mc/acc"] == row["fopru_shapes_mc/acc"]
+        assert run.summary["visual_tokens_kept_mean"] == KEPT[row["label"]]
+    curves_run, curves_dir = runs[f"{group}:curves"]
+    assert curves_run.job_type == "fopru-sweep" and curves_run.config["keep_ratios"] == [1.0, 0.5, 0.25]
+    assert curves_run.summary["points"] == len(KEPT)
+    table = read_table(curves_dir, "points")
     assert [(row["label"], row["visual_tokens_kept_mean"]) for row in table] == list(KEPT.items())
     assert [row["fopru_shapes_mc/acc"] for row in table] == [row["fopru_shapes_mc/acc"] for row in summary["points"]]
-    plot = read_table(run_dir, "curves/fopru_shapes_mc/acc_table")
+    plot = read_table(curves_dir, "curves/fopru_shapes_mc/acc_table")
     unpruned = summary["points"][0]["fopru_shapes_mc/acc"]
     assert {row["strategy"] for row in plot} == {"rank", "row", "random", REFERENCE}
     assert [(r["visual_tokens_kept_mean"], r["acc"]) for r in plot if r["strategy"] == REFERENCE] == [
@@ -192,7 +168,7 @@ def test_sweep_evaluates_every_point_on_one_model_and_logs_one_wandb_run(tiny_ll
     assert [r["visual_tokens_kept_mean"] for r in plot if r["strategy"] == "row"] == [6, 18]
 
 
-def test_two_process_sweep_writes_one_wandb_run_and_gathers_every_doc(tiny_llava: Path, tmp_path: Path) -> None:
+def test_two_process_sweep_logs_each_point_once_and_gathers_every_doc(tiny_llava: Path, tmp_path: Path) -> None:
     """torchrun on the CPU: both ranks evaluate, only rank 0 writes files and W&B."""
     launcher = [str(BIN / "torchrun"), "--nproc_per_node=2", "--master_port=29521", "-m", "fopru_eval.tools.cli"]
     run = fopru_eval(["sweep", "--model_args", f"pretrained={tiny_llava}", "--tasks", "fopru_shapes_gen",
@@ -200,13 +176,14 @@ def test_two_process_sweep_writes_one_wandb_run_and_gathers_every_doc(tiny_llava
                       "--include_path", str(TASKS_DIR), "--output_path", "out", "--wandb-project", "fopru-test"],
                      tmp_path, launcher=launcher)  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert len(offline_runs(tmp_path)) == 1
+    runs = {read_offline_run(run_dir).name.rsplit(":", 1)[1]: run_dir for run_dir in offline_runs(tmp_path)}
+    assert sorted(runs) == ["curves", "none@1", "rank@0.5"]
     for label, kept in (("none@1", 36), ("rank@0.5", 18)):
         lines = (tmp_path / "out" / label / "samples_fopru_shapes_gen.jsonl").read_text().splitlines()
         samples = [json.loads(line) for line in lines]
         assert sorted(s["doc_id"] for s in samples) == [0, 1, 2, 3, 4]
         assert all(s["token_counts"][0]["visual_tokens_kept"] == kept for s in samples)
-    assert [r["label"] for r in read_table(offline_runs(tmp_path)[0], "points")] == ["none@1", "rank@0.5"]
+    assert [r["label"] for r in read_table(runs["curves"], "points")] == ["none@1", "rank@0.5"]
 
 
 def test_the_sweep_config_runs_as_a_wandb_agent_run(tiny_llava: Path, tmp_path: Path) -> None:
@@ -242,10 +219,11 @@ def test_the_sweep_config_runs_as_a_wandb_agent_run(tiny_llava: Path, tmp_path: 
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     [run_dir] = offline_runs(tmp_path)
     assert run_dir.name.endswith("-agentrun1")
-    wandb_config, summary = read_offline_run(run_dir)
-    assert (wandb_config["strategy"], wandb_config["keep_tokens"]) == ("row", 24)
-    assert summary["visual_tokens_kept_mean"] == 24 and summary["keep_tokens"] == 24
-    assert 0 <= summary["fopru_shapes_gen/exact_match"] <= 1
+    agent_run = read_offline_run(run_dir)
+    assert (agent_run.config["strategy"], agent_run.config["keep_tokens"]) == ("row", 24)
+    assert agent_run.summary["visual_tokens_kept_mean"] == 24 and agent_run.summary["keep_tokens"] == 24
+    assert 0 <= agent_run.summary["fopru_shapes_gen/exact_match"] <= 1
+    assert ("results", "eval_results") in agent_run.artifacts
     # Agent runs share one command line; each writes under its own run id.
     results = json.loads((tmp_path / "fopru-sweep/llava-1.5-7b/agentrun1/row@24tok/results.json").read_text())
     assert results["fopru"]["pruning"]["keep_tokens"] == 24

@@ -9,6 +9,7 @@ point (strategy ``none``) as a dashed reference line.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -91,51 +92,104 @@ def write_pngs(curves: list[Curve], directory: Path) -> list[Path]:
 # ----- W&B --------------------------------------------------------------------------------------------------------
 
 
-def start_wandb_run(
-    project: str | None,
-    entity: str | None,
-    group: str | None,
-    name: str | None,
+def under_wandb_agent() -> bool:
+    return bool(os.environ.get("WANDB_SWEEP_ID"))
+
+
+def wandb_init_args(wandb_args: str | None, **shortcuts: str | None) -> dict[str, Any] | None:
+    """What every W&B run of a sweep passes to ``wandb.init``: ``wandb_args`` (lmms-eval's ``--wandb_args`` format)
+    with the ``project``/``entity``/``group``/``name`` shortcuts, or None when W&B is not asked for. Outside a W&B
+    sweep, a sweep's runs share a group (``fopru-sweep-<date>`` unless one is given). Refuses a key ``wandb.init`` does
+    not take, and a shortcut that disagrees with ``wandb_args``, before any weights load."""
+    import inspect
+
+    import wandb
+    from lmms_eval.utils import get_datetime_str, simple_parse_args_string
+
+    init_args = simple_parse_args_string(wandb_args or "")
+    for key, value in shortcuts.items():
+        if value is None:
+            continue
+        if key in init_args and init_args[key] != value:
+            raise ValueError(f"--wandb-{key}={value} and --wandb_args {key}={init_args[key]} disagree: give one")
+        init_args[key] = value
+    if not init_args and not under_wandb_agent():
+        return None
+    accepted = [name for name in inspect.signature(wandb.init).parameters if name not in ("config", "kwargs")]
+    if unknown := sorted(set(init_args) - set(accepted)):
+        raise ValueError(f"--wandb_args: wandb.init takes no {unknown}; accepted: {', '.join(accepted)}")
+    if not under_wandb_agent():
+        init_args.setdefault("group", f"fopru-sweep-{get_datetime_str()}")
+    return init_args
+
+
+def wandb_run_args(init_args: dict[str, Any], label: str) -> dict[str, Any]:
+    """One run's ``wandb.init`` args: the point's label (or ``curves``) after the sweep's name or group. A W&B sweep's
+    agent names its own run."""
+    if under_wandb_agent():
+        return init_args
+    return {**init_args, "name": f"{init_args.get('name') or init_args['group']}:{label}"}
+
+
+def log_point_run(
+    init_args: dict[str, Any],
     config: dict[str, Any],
-    points: list[dict[str, Any]],
-) -> Any:
-    """A W&B run for the sweep; under ``wandb agent`` the agent's run (project and sweep parameters from its env).
-    ``points`` holds each point's pruning args (strategy, budget, and significance/scores where swept)."""
+    row: dict[str, Any],
+    results: dict[str, Any],
+    samples: dict[str, list[dict[str, Any]]] | None,
+) -> None:
+    """One W&B run for one point: opened with the point's config (adapter, model, pruning), then filled by lmms-eval's
+    own ``WandbLogger`` (its results table, task and CLI configs, the results artifact, and the samples when
+    ``samples`` is given), and our visual-token figures on top. Under ``wandb agent`` this is the agent's run, whose
+    sweep parameters ``config.setdefaults`` leaves alone."""
+    import wandb
+    from lmms_eval.loggers import WandbLogger
+    from loguru import logger
+
+    run = wandb.init(**{"job_type": "fopru-point", **init_args})
+    try:
+        run.config.setdefaults(config)
+        lmms_eval_logger = WandbLogger()  # attaches to the open run
+        lmms_eval_logger.post_init(results)
+        lmms_eval_logger.log_eval_result()
+        if samples is not None:
+            try:
+                lmms_eval_logger.log_eval_samples(samples)
+            except Exception as error:  # as lmms-eval's CLI does: the results are logged, the samples are on disk
+                logger.warning(
+                    f"lmms-eval's WandbLogger could not log the samples ({type(error).__name__}: {error}); in "
+                    "lmms-eval 0.7.3 it fails on multiple-choice tasks. They are in the point's samples_*.jsonl."
+                )
+        already_logged = set(lmms_eval_logger.wandb_results)
+        run.log({key: value for key, value in _numbers(row).items() if key not in already_logged})
+    except BaseException:
+        run.finish(exit_code=1)
+        raise
+    run.finish()
+
+
+def log_curves_run(init_args: dict[str, Any], config: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """One more run in the sweep's group: the table of all points, and per (task, metric) a line plot of the score
+    against mean visual tokens."""
     import wandb
 
-    run = wandb.init(project=project, entity=entity, group=group, name=name, config=config, job_type="fopru-sweep")
-    if len(points) == 1:
-        # One point per run (a W&B sweep's agent runs): its pruning args are what the UI groups runs by. A W&B sweep
-        # has set them already, and setdefaults leaves its values alone.
-        run.config.setdefaults(points[0])
-    return run
-
-
-def log_point(run: Any, row: dict[str, Any]) -> None:
-    """One history step per point: its metrics, its mean visual tokens and its keep ratio."""
-    run.log(_numbers(row))
-
-
-def log_sweep(run: Any, rows: list[dict[str, Any]]) -> None:
-    """The table of all points, and per (task, metric) a line plot of the score against mean visual tokens."""
-    import wandb
-
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    points = wandb.Table(columns=columns, data=[[row.get(column) for column in columns] for row in rows])
-    logged: dict[str, Any] = {"points": points}
-    for curve in curves_from_rows(rows):
-        table = wandb.Table(columns=["strategy", TOKENS, curve.metric], data=_plot_rows(curve))
-        title = f"{curve.task}: {curve.metric} vs {X_LABEL}"
-        logged[f"curves/{curve.task}/{curve.metric}"] = wandb.plot.line(
-            table, TOKENS, curve.metric, stroke="strategy", title=title
-        )
-    run.log(logged)
-    if len(rows) > 1:
-        # A run's summary is its last logged value per key: with several points that would pass the last point off as
-        # the run's result. Their values stay in the history, the table and the plots.
-        for key in dict.fromkeys(key for row in rows for key in _numbers(row)):
-            del run.summary[key]
-    run.summary["points"] = len(rows)
+    run = wandb.init(**{"job_type": "fopru-sweep", **init_args}, config=config)
+    try:
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        points = wandb.Table(columns=columns, data=[[row.get(column) for column in columns] for row in rows])
+        logged: dict[str, Any] = {"points": points}
+        for curve in curves_from_rows(rows):
+            table = wandb.Table(columns=["strategy", TOKENS, curve.metric], data=_plot_rows(curve))
+            title = f"{curve.task}: {curve.metric} vs {X_LABEL}"
+            logged[f"curves/{curve.task}/{curve.metric}"] = wandb.plot.line(
+                table, TOKENS, curve.metric, stroke="strategy", title=title
+            )
+        run.log(logged)
+        run.summary["points"] = len(rows)
+    except BaseException:
+        run.finish(exit_code=1)
+        raise
+    run.finish()
 
 
 def _numbers(row: dict[str, Any]) -> dict[str, float]:

@@ -90,11 +90,13 @@ def point_row(point: Point, results: dict[str, Any], stats: dict[str, Any]) -> d
     return row
 
 
-def write_point(directory: Path, point: Point, results: dict[str, Any], model: str) -> dict[str, Any]:
-    """``results.json`` (lmms-eval's results plus a ``fopru`` block) and one samples JSONL per task."""
+def write_point(
+    directory: Path, point: Point, results: dict[str, Any], samples: dict[str, list[dict]], model: str
+) -> dict[str, Any]:
+    """``results.json`` (lmms-eval's results, less its samples, plus a ``fopru`` block) and one samples JSONL per
+    task. Adds the ``fopru`` block to ``results`` and names the model by its registry name there."""
     from lmms_eval.loggers.utils import _handle_non_serializable
 
-    samples = results.pop("samples", {})
     stats = visual_token_stats(samples, results.get("group_subtasks", {}))
     # simple_evaluate names a model instance by its class; the registry name is what reruns it.
     results["config"]["model"] = model

@@ -83,7 +83,7 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]] | None:
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.models import get_model
     from lmms_eval.tasks import TaskManager
-    from lmms_eval.utils import get_datetime_str, make_table
+    from lmms_eval.utils import get_datetime_str, make_table, simple_parse_args_string
     from loguru import logger
 
     from fopru_eval.tools import curves
@@ -94,6 +94,13 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]] | None:
     logger.add(sys.stderr, level=args.verbosity)
     # Everything that can be wrong with the request is checked before the weights load.
     fixed_pruning_args(args.model_args, args.significance, args.scores)
+    try:
+        wandb_args = curves.wandb_init_args(
+            args.wandb_args, project=args.wandb_project, entity=args.wandb_entity, group=args.wandb_group,
+            name=args.wandb_name,
+        )  # fmt: skip
+    except ValueError as error:
+        raise SweepError(str(error)) from None
     include_path = [str(Path(path).resolve()) for path in args.include_path]
     task_manager = TaskManager(args.verbosity, include_path=include_path, model_name=args.model)
     task_names = resolve_tasks(task_manager, args.tasks)
@@ -108,6 +115,8 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]] | None:
     points = plan_points(
         args.strategies, args.keep_ratios or [], args.model_args, args.keep_tokens, args.significance, args.scores
     )
+    if curves.under_wandb_agent() and len(points) > 1:
+        raise SweepError(f"under wandb agent a run is one point, not {len(points)}: {[p.label for p in points]}")
 
     adapter = model_class.create_from_arg_string(
         points[0].model_args(args.model_args), {"batch_size": args.batch_size, "device": args.device}
@@ -119,69 +128,59 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]] | None:
     output = output_directory(args.output_path)
     about = {
         "model": args.model,
+        "pretrained": simple_parse_args_string(args.model_args).get("pretrained"),
         "model_args": args.model_args,
         "model_class": "simple" if force_simple else "chat",
         "tasks": task_names,
         "limit": args.limit,
         "batch_size": args.batch_size,
     }
-    # Only rank 0 ever touches W&B, and only once the model has loaded: no stray or empty runs.
-    wandb_run = None
-    if is_main and (args.wandb_project or os.environ.get("WANDB_SWEEP_ID")):
-        wandb_run = curves.start_wandb_run(
-            project=args.wandb_project,
-            entity=args.wandb_entity,
-            group=args.wandb_group,
-            name=args.wandb_name,
-            config={**about, **{name: getattr(args, name) for name in SWEPT_OPTIONS}},
-            points=[dict(p.swept_args) for p in points],
-        )
-
+    # Only rank 0 touches W&B, and only once a point has results: no stray or empty runs.
+    use_wandb = is_main and wandb_args is not None
     rows: list[dict[str, Any]] = []
-    try:
-        for point in points:
-            adapter.pruning = point.config
-            model_args = point.model_args(args.model_args)
-            point_dir = output / point.label
-            cli_args = _lmms_eval_cli_args(
-                model=args.model, model_args=model_args, tasks=",".join(args.tasks), include_path=include_path,
-                batch_size=args.batch_size, device=args.device, limit=args.limit, force_simple=force_simple,
-                log_samples=True, output_path=str(point_dir),
+    for point in points:
+        adapter.pruning = point.config
+        model_args = point.model_args(args.model_args)
+        point_dir = output / point.label
+        cli_args = _lmms_eval_cli_args(
+            model=args.model, model_args=model_args, tasks=",".join(args.tasks), include_path=include_path,
+            batch_size=args.batch_size, device=args.device, limit=args.limit, force_simple=force_simple,
+            log_samples=True, output_path=str(point_dir),
+        )  # fmt: skip
+        results = simple_evaluate(
+            model=adapter,
+            model_args=model_args,
+            tasks=task_names,
+            task_manager=task_manager,
+            batch_size=args.batch_size,
+            device=args.device,
+            limit=args.limit,
+            log_samples=True,
+            verbosity=args.verbosity,
+            cli_args=cli_args,
+            force_simple=force_simple,
+            # Each point its own date: simple_evaluate's default is fixed when lmms-eval is imported.
+            datetime_str=get_datetime_str(),
+            distributed_executor_backend="torchrun" if torch.distributed.is_initialized() else "accelerate",
+        )
+        if results is None:  # not rank 0: the evaluator gathered everything there
+            continue
+        samples = results.pop("samples", {})
+        rows.append(write_point(point_dir, point, results, samples, args.model))
+        print(f"\n{args.model} pruning {point.label}: {point_dir}\n{make_table(results)}")
+        if use_wandb:
+            config = {**about, **dict(point.swept_args), "fopru": point.config.to_dict()}
+            curves.log_point_run(
+                curves.wandb_run_args(wandb_args, point.label), config, rows[-1], results,
+                samples if args.wandb_log_samples else None,
             )  # fmt: skip
-            results = simple_evaluate(
-                model=adapter,
-                model_args=model_args,
-                tasks=task_names,
-                task_manager=task_manager,
-                batch_size=args.batch_size,
-                device=args.device,
-                limit=args.limit,
-                log_samples=True,
-                verbosity=args.verbosity,
-                cli_args=cli_args,
-                force_simple=force_simple,
-                # Each point its own date: simple_evaluate's default is fixed when lmms-eval is imported.
-                datetime_str=get_datetime_str(),
-                distributed_executor_backend="torchrun" if torch.distributed.is_initialized() else "accelerate",
-            )
-            if results is None:  # not rank 0: the evaluator gathered everything there
-                continue
-            rows.append(write_point(point_dir, point, results, args.model))
-            print(f"\n{args.model} pruning {point.label}: {point_dir}\n{make_table(results)}")
-            if wandb_run is not None:
-                curves.log_point(wandb_run, rows[-1])
-        if not is_main:
-            return None
-        write_summary(output, rows, points, about)
-        pngs = curves.write_pngs(curves.curves_from_rows(rows), output)
-        if wandb_run is not None:
-            curves.log_sweep(wandb_run, rows)
-    except BaseException:
-        if wandb_run is not None:
-            wandb_run.finish(exit_code=1)
-        raise
-    if wandb_run is not None:
-        wandb_run.finish()
+    if not is_main:
+        return None
+    write_summary(output, rows, points, about)
+    pngs = curves.write_pngs(curves.curves_from_rows(rows), output)
+    if use_wandb and len(rows) > 1:
+        config = {**about, **{name: getattr(args, name) for name in SWEPT_OPTIONS}}
+        curves.log_curves_run(curves.wandb_run_args(wandb_args, "curves"), config, rows)
     print(f"\nfopru-eval sweep: {len(rows)} points in {output}: summary.json, summary.csv, {len(pngs)} PNGs")
     return rows
 
@@ -299,10 +298,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--force_simple", "--force-simple", action="store_true",
         help="use lmms-eval's simple model class; chosen automatically when a task is multiple-choice or loglikelihood",
     )  # fmt: skip
-    parser.add_argument("--wandb-project", "--wandb_project", help="log the sweep to this W&B project")
+    parser.add_argument(
+        "--wandb-project", "--wandb_project",
+        help="log to this W&B project: one run per point (lmms-eval's own W&B logging, plus visual tokens) and one "
+        "with the curves, in one group",
+    )  # fmt: skip
     parser.add_argument("--wandb-entity", "--wandb_entity")
     parser.add_argument("--wandb-group", "--wandb_group", help="e.g. to put a sweep and its reference run together")
-    parser.add_argument("--wandb-name", "--wandb_name", help="run name (default: W&B's)")
+    parser.add_argument("--wandb-name", "--wandb_name", help="prefix of the runs' names (default: the group)")
+    parser.add_argument(
+        "--wandb_args", "--wandb-args", default=None,
+        help="as lmms-eval's: comma-separated wandb.init arguments, e.g. project=fopru,entity=me,tags=trial",
+    )  # fmt: skip
+    parser.add_argument(
+        "--wandb_log_samples", "--wandb-log-samples", action="store_true",
+        help="also log every point's samples as tables (lmms-eval's --wandb_log_samples)",
+    )  # fmt: skip
     parser.add_argument("--verbosity", default="INFO", help="lmms-eval's log level (default INFO)")
     parser.set_defaults(run=run)
 
