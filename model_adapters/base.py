@@ -21,6 +21,7 @@ from lmms_eval.api.instance import GenerationResult, Instance
 from lmms_eval.api.model import lmms
 from lmms_eval.models.model_utils.gen_metrics import log_metrics
 from loguru import logger as eval_logger
+from PIL import Image
 from tqdm import tqdm
 
 from fopru_eval.core.config import PRUNING_ARGS, PruningConfig
@@ -28,6 +29,7 @@ from fopru_eval.families import Family, Prompt, prune_batch
 from fopru_model_adapters.multi_round import MultiRoundMixin
 from fopru_model_adapters.requests import (
     PreparedBatch,
+    VisualTokenLedger,
     prompt_from_messages,
     prompt_from_visuals,
     prompt_size,
@@ -74,6 +76,7 @@ class FoPruLMM(MultiRoundMixin, lmms):
         self.batch_size_per_gpu = _positive_int("batch_size", batch_size)
         torch_dtype = _torch_dtype(dtype or self.default_dtype)
         self.use_cache = bool(use_cache)
+        self.visual_tokens = VisualTokenLedger()
         self.family_class.check_checkpoint(
             pretrained, self.model_name, self.pruning, revision=revision, trust_remote_code=trust_remote_code
         )
@@ -167,6 +170,11 @@ class FoPruLMM(MultiRoundMixin, lmms):
     keep_loaded = False
 
     def clean(self) -> None:
+        # lmms-eval's evaluator calls clean() on every process once all requests have run, and only then summarises
+        # its throughput block: the moment to gather the per-request visual token counts and log them once.
+        if metrics := self.visual_tokens.gathered_metrics():
+            log_metrics(total_elapsed_time=0.0, total_gen_tokens=0, avg_speed=0.0, additional_metrics=metrics)
+        self.visual_tokens = VisualTokenLedger()
         if not self.keep_loaded:
             super().clean()
 
@@ -177,10 +185,20 @@ class FoPruLMM(MultiRoundMixin, lmms):
 
     def _prompt_from_visuals(self, ctx: str, doc_to_visual: Any, doc_id: int, task: str, split: str) -> Prompt:
         visuals = doc_to_visual(self._doc(task, split, doc_id)) if doc_to_visual is not None else []
-        return prompt_from_visuals(ctx, visuals or [], self.model_name, task, split, doc_id)
+        return self._as_sent(prompt_from_visuals(ctx, visuals or [], self.model_name, task, split, doc_id))
 
     def _prompt_from_messages(self, messages: Any, doc_id: int, task: str, split: str) -> Prompt:
-        return prompt_from_messages(messages, self.model_name, task, split, doc_id)
+        return self._as_sent(prompt_from_messages(messages, self.model_name, task, split, doc_id))
+
+    def _as_sent(self, prompt: Prompt) -> Prompt:
+        prompt.images[:] = [self.image_as_sent(image) for image in prompt.images]
+        return prompt
+
+    def image_as_sent(self, image: Image.Image) -> Image.Image:
+        """An image as lmms-eval's own adapter for the family hands it to the model's processing, whatever its mode
+        (RGBA, LA, P with transparency, CMYK, I;16, ...). lmms-eval's ``llava_hf`` hands it over as it is, and the
+        processor converts it to RGB (transformers' ``convert_to_rgb``): so here too."""
+        return image
 
     def generation_prompt(self, request: Instance) -> tuple[Prompt, dict[str, Any]]:
         if self.is_simple:
@@ -205,6 +223,7 @@ class FoPruLMM(MultiRoundMixin, lmms):
                 results[i] = output
             progress.update(len(indices))
         progress.close()
+        self.visual_tokens.record(requests, results)  # type: ignore[arg-type]
         return results  # type: ignore[return-value]
 
     def _generate(self, prompts: list[Prompt], gen_kwargs: dict[str, Any]) -> list[GenerationResult]:
@@ -227,7 +246,6 @@ class FoPruLMM(MultiRoundMixin, lmms):
             total_elapsed_time=elapsed,
             total_gen_tokens=sum(output_tokens),
             avg_speed=sum(output_tokens) / elapsed if elapsed > 0 else 0.0,
-            additional_metrics=batch.visual_token_metrics(),
         )
         return [
             GenerationResult(text=text, token_counts=batch.token_counts(i, output_tokens[i]))
@@ -288,6 +306,7 @@ class FoPruLMM(MultiRoundMixin, lmms):
                 results[i] = output
             progress.update(len(indices))
         progress.close()
+        self.visual_tokens.record(requests, results)  # type: ignore[arg-type]
         return results  # type: ignore[return-value]
 
     def _score(self, prompts: list[Prompt], continuations: list[str]) -> list[GenerationResult]:

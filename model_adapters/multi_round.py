@@ -51,4 +51,5 @@ class MultiRoundMixin:
                     prompt = self._prompt_from_messages(messages, doc_id, task, split)
                 outputs = list(outputs)
             results.append(GenerationResult(text=list(outputs), token_counts=counts))  # type: ignore[arg-type]
+        self.visual_tokens.record(requests, results)
         return results

@@ -14,6 +14,7 @@ from typing import Any
 from lmms_eval.api.instance import GenerationResult
 from lmms_eval.models.model_utils.media_encoder import encode_image_to_data_url
 from PIL import Image
+from qwen_vl_utils.vision_process import to_rgb as qwen_vl_utils_to_rgb
 
 from fopru_eval.families.qwen_vl import QWEN_VL_UTILS_PIXEL_LIMITS, Qwen2_5_VL, Qwen2VL
 from fopru_model_adapters.base import FoPruLMM, Prompt
@@ -71,17 +72,15 @@ class QwenVLFoPru(FoPruLMM):
     def _prompt_from_visuals(self, ctx: str, *args: Any) -> Prompt:
         # Images go in as their own content items; a LLaVA-style "<image>" marker in a task's text is dropped, as
         # lmms-eval's Qwen adapters drop it.
-        return self._as_lmms_eval_sends(super()._prompt_from_visuals(ctx.replace("<image>", ""), *args))
+        return super()._prompt_from_visuals(ctx.replace("<image>", ""), *args)
 
-    def _prompt_from_messages(self, *args: Any) -> Prompt:
-        return self._as_lmms_eval_sends(super()._prompt_from_messages(*args))
-
-    def _as_lmms_eval_sends(self, prompt: Prompt) -> Prompt:
-        """The prompt's images as lmms-eval's adapter for the family hands them to qwen-vl-utils: through a JPEG
-        (quality 85) round trip, unless ``lossless_images`` or the adapter sends them as they are."""
+    def image_as_sent(self, image: Image.Image) -> Image.Image:
+        """As lmms-eval's adapter for the family hands an image to qwen-vl-utils: through a JPEG (quality 85) round
+        trip, RGB-converted by lmms-eval's encoder, unless ``lossless_images`` or the adapter sends it as it is; then
+        converted to RGB by qwen-vl-utils' own ``to_rgb`` (white under transparency, for RGBA only)."""
         if self.sends_jpeg and not self.lossless_images:
-            prompt.images[:] = [jpeg_round_trip(image) for image in prompt.images]
-        return prompt
+            return jpeg_round_trip(image)
+        return qwen_vl_utils_to_rgb(image)
 
     def generation_kwargs(self, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
         return super().generation_kwargs({"max_new_tokens": self.default_max_new_tokens, **gen_kwargs})

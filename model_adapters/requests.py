@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from lmms_eval.api.instance import TokenCounts
+from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.protocol import ChatMessages
 from PIL import Image
 
@@ -61,12 +61,43 @@ class PreparedBatch(PrunedBatch):
             newline_tokens_total=self.newline_tokens_total[i],
         )
 
-    def visual_token_metrics(self) -> dict[str, float]:
-        total = sum(self.visual_tokens_total)
+
+class VisualTokenLedger:
+    """Each request's visual tokens kept and in all during one evaluation, for lmms-eval's ``throughput`` block.
+
+    lmms-eval averages what adapters log per batch, over batches and on rank 0 alone; so instead the counts are kept
+    per request (a request counted once; the padding requests that even out uneven ranks left out), gathered over all
+    processes once every request has run, and summed. Text-only requests (no image) are left out of the averages.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, int, int], tuple[int, int]] = {}
+
+    def record(self, requests: list[Instance], results: list[GenerationResult]) -> None:
+        for request, result in zip(requests, results, strict=True):
+            counts = result.token_counts
+            if (request.metadata or {}).get("__padding_only__") or not isinstance(counts, VisualTokenCounts):
+                continue
+            key = (request.task_name, request.doc_id, request.idx)
+            self.counts[key] = (counts.visual_tokens_kept, counts.visual_tokens_total)
+
+    def gathered_metrics(self) -> dict[str, float]:
+        """Means over every process's requests with images; call on every process (it gathers)."""
+        import torch.distributed as dist
+
+        parts = [self.counts]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, self.counts)
+        merged = {key: counts for part in parts for key, counts in part.items()}
+        with_images = [(kept, total) for kept, total in merged.values() if total > 0]
+        if not with_images:
+            return {}
+        kept, total = sum(c[0] for c in with_images), sum(c[1] for c in with_images)
         return {
-            "visual_tokens_kept": sum(self.visual_tokens_kept) / len(self.visual_tokens_kept),
-            "visual_tokens_total": total / len(self.visual_tokens_total),
-            "visual_keep_fraction": sum(self.visual_tokens_kept) / total if total else 1.0,
+            "visual_tokens_kept": kept / len(with_images),
+            "visual_tokens_total": total / len(with_images),
+            "visual_keep_fraction": kept / total,
         }
 
 
@@ -108,7 +139,7 @@ def as_images(visuals: list[Any], model_name: str, task: str, doc_id: int) -> li
             raise TypeError(
                 f"{model_name}: {task} doc {doc_id} gives a {type(visual).__name__}; only PIL images are supported"
             )
-        images.append(visual.convert("RGB"))
+        images.append(visual)  # converted to RGB as the family's own processing does (the adapter's image_as_sent)
     return images
 
 

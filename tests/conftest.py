@@ -89,6 +89,26 @@ def greedy_decode_by_hand(adapter, inputs: dict, steps: int) -> list[int]:
     return tokens
 
 
+def broken_task(directory: Path) -> Path:
+    """A folder with the task ``fopru_broken``: fopru_shapes_gen with an empty image, which passes every type check
+    and then breaks the image processor inside the generation step."""
+    task_dir = directory / "broken_task"
+    task_dir.mkdir()
+    (task_dir / "utils.py").write_text(
+        "from PIL import Image\n\ndef visual(doc):\n    return [Image.new('RGB', (0, 0))]\n"
+    )
+    (task_dir / "fopru_broken.yaml").write_text(
+        (TASKS_DIR / "fopru_shapes" / "fopru_shapes_gen.yaml")
+        .read_text()
+        .replace("task: fopru_shapes_gen", "task: fopru_broken")
+        .replace("data/fopru_shapes_gen.parquet", str(TASKS_DIR / "fopru_shapes/data/fopru_shapes_gen.parquet"))
+        .replace("utils.fopru_doc_to_visual", "utils.visual")
+        .replace("!function utils.fopru_doc_to_text", "question")
+        .replace("!function utils.fopru_gen_process_results", "!function utils.visual")
+    )
+    return task_dir
+
+
 # ----- W&B offline runs ------------------------------------------------------------------------------------------
 
 

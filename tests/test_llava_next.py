@@ -91,13 +91,24 @@ def test_layout_reads_base_view_mosaic_rows_and_newlines() -> None:
     assert positions.tolist() == list(range(12)) and newlines == 2
 
 
+@pytest.mark.parametrize("newlines", [0, 3])
+def test_a_mosaic_unpadded_to_nothing_leaves_the_base_view_and_keeps_its_newlines(newlines: int) -> None:
+    """Very wide images unpad to 0 mosaic rows, very tall ones to rows 0 tokens wide (newlines only): the model
+    answers them, with every newline, so every selection keeps them."""
+    layout = AnyresLayout.from_sources(torch.tensor([0, 1, 2, 3] + [NEWLINE] * newlines), (2, 2))
+    assert layout.mosaic is None and [view.grid for view in layout.views] == [(2, 2)]
+    assert (layout.num_visual_tokens, layout.num_newlines, layout.num_packed_tokens) == (4, newlines, 4 + newlines)
+    positions, kept_newlines = layout.kept_positions(torch.tensor([2]))
+    assert positions.tolist() == [2, *range(4, 4 + newlines)] and kept_newlines == newlines
+
+
 @pytest.mark.parametrize(
     "sources",
     [
         [1, 0, 2, 3, 10, 11, NEWLINE],  # the base view out of order
         [0, 1, 2, 3, 10, 11, NEWLINE, 20, 21],  # the last row has no newline
         [0, 1, 2, 3, 10, NEWLINE, 20, 21, NEWLINE],  # rows of different lengths
-        [0, 1, 2, 3],  # no mosaic at all
+        [0, 1, 2, 3, 10, 11, 12],  # mosaic tokens and no newline at all
     ],
 )
 def test_a_packed_sequence_that_is_not_base_view_then_rows_is_refused(sources: list[int]) -> None:
@@ -129,7 +140,7 @@ def test_layout_matches_the_processor_and_hand_derived_unpadded_grids(tiny_next:
 def numpy_selection(significance: np.ndarray, strategy: str, ratio: float | None, tokens: int | None) -> np.ndarray:
     """Kept raster indices of one (rows, cols) significance grid."""
     rows, cols = significance.shape
-    if strategy == "none":
+    if strategy == "none" or rows * cols == 0:
         return np.arange(rows * cols)
     if strategy == "rank":
         keep = min(tokens, rows * cols) if tokens else max(1, math.floor(rows * cols * ratio))
@@ -187,7 +198,8 @@ def reference_image_tokens(
     pieces, offsets, newlines = [features[0][torch.from_numpy(base_kept)]], base_kept.tolist(), 0
     for row in range(mosaic_rows):
         kept_cols = mosaic_kept[mosaic_kept // mosaic_cols == row] % mosaic_cols
-        if kept_cols.size:  # the newline rule: a row's newline stays if the row keeps anything
+        # The newline rule: a row's newline stays if the row keeps anything, or has nothing it could keep.
+        if kept_cols.size or mosaic_cols == 0:
             pieces += [mosaic_features[row][torch.from_numpy(kept_cols)], model.model.image_newline[None]]
             start = side * side + row * (mosaic_cols + 1)
             offsets += (start + kept_cols).tolist() + [start + mosaic_cols]
@@ -293,6 +305,47 @@ def test_pruned_run_equals_a_reference_over_only_the_kept_tokens(
         assert logits.shape == expected.shape
         torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
         assert batch.visual_tokens_kept == visual and batch.newline_tokens_kept == newlines
+
+
+def extreme_prompts() -> list[Prompt]:
+    """A 100:1 wide image, whose mosaic unpads to 0 rows, and a 1:100 tall one, whose mosaic rows unpad to 0 tokens
+    (newlines only)."""
+    images = [draw_image("red", (0, 0, 40, 10), size=(1000, 10)), draw_image("blue", (0, 0, 10, 40), size=(10, 1000))]
+    questions = QUESTIONS[: len(images)]
+    return [
+        Prompt(user_turn(q, [im]), [im], f"t/test/{20 + i}")
+        for i, (q, im) in enumerate(zip(questions, images, strict=True))
+    ]
+
+
+def test_images_whose_mosaic_unpads_to_nothing_answer_as_the_hf_model(tiny_next: Path, eager: tuple) -> None:
+    ours = adapter(tiny_next, strategy="none", batch_size=3)
+    model = LlavaNextForConditionalGeneration.from_pretrained(tiny_next).eval()
+    processor = AutoProcessor.from_pretrained(tiny_next)
+    batch = [*extreme_prompts(), prompts(1)[0]]
+    with torch.inference_mode():
+        inputs = hf_inputs(processor, batch)
+        assert torch.equal(ours.model(**ours.prepare(batch).inputs).logits, model(**inputs).logits)
+        expected = model.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=ours.eot_token_id)
+    answers = ours._generate(batch, {"max_new_tokens": 8, "temperature": 0})
+    texts = processor.tokenizer.batch_decode(expected[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert [a.text for a in answers] == texts
+    # Only the base view's 36 tokens are visual; the tall image's 18 newlines end rows with no tokens.
+    assert [(a.token_counts.visual_tokens_total, a.token_counts.newline_tokens_total) for a in answers[:2]] == [
+        (BASE_TOKENS, 0),
+        (BASE_TOKENS, 18),
+    ]
+    for strategy, budget in BUDGETS:
+        pruned = adapter(tiny_next, strategy=strategy, **budget)
+        for prompt in extreme_prompts():
+            with torch.inference_mode():
+                prepared = pruned.prepare([prompt])
+                logits = pruned.model(**prepared.inputs).logits
+            expected_logits, visual, newlines = reference_logits(
+                *eager, prompt, strategy, budget.get("keep_ratio"), budget.get("keep_tokens")
+            )
+            torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+            assert prepared.visual_tokens_kept == visual and prepared.newline_tokens_kept == newlines
 
 
 def test_several_images_per_doc_equal_the_reference(tiny_next: Path, eager: tuple) -> None:
@@ -564,7 +617,9 @@ def test_pruned_cli_run_reports_results_and_token_counts(tiny_next: Path, tmp_pa
 
 
 def test_strategy_none_answers_exactly_as_lmms_eval_llava_hf(tiny_next: Path, tmp_path: Path) -> None:
-    common = ["--tasks", "fopru_shapes_gen", "--limit", "12", "--device", "cpu"]
+    """fopru_shapes_modes: images in RGBA, LA, P with transparency, CMYK and I;16."""
+    tasks = ["fopru_shapes_gen", "fopru_shapes_modes"]
+    common = ["--tasks", ",".join(tasks), "--limit", "12", "--device", "cpu"]
     ours = lmms_eval(["--model", "llava_next_fopru", "--model_args", f"pretrained={tiny_next},strategy=none",
                       "--batch_size", "4", *common], tmp_path / "ours")  # fmt: skip
     # llava_hf needs device_map spelled out (its default "" is refused by transformers 5) and batch size 1.
@@ -575,8 +630,8 @@ def test_strategy_none_answers_exactly_as_lmms_eval_llava_hf(tiny_next: Path, tm
         results_of(tmp_path / "ours"),
         results_of(tmp_path / "theirs"),
     )
-    ours_answers = [s["filtered_resps"] for s in ours_samples["fopru_shapes_gen"]]
-    theirs_answers = [s["filtered_resps"] for s in theirs_samples["fopru_shapes_gen"]]
-    assert len(ours_answers) == 12 and len({str(a) for a in ours_answers}) > 1
-    assert ours_answers == theirs_answers
+    for task in tasks:
+        ours_answers = [s["filtered_resps"] for s in ours_samples[task]]
+        assert len(ours_answers) == 12 and len({str(a) for a in ours_answers}) > 1
+        assert ours_answers == [s["filtered_resps"] for s in theirs_samples[task]], task
     assert ours_results["results"] == theirs_results["results"]

@@ -485,14 +485,14 @@ def test_lossless_images_answer_as_lmms_eval_qwen_adapters_with_a_lossless_encod
     assert all(s["token_counts"][0]["visual_tokens_kept"] == 16 for s in ours["samples"]["fopru_shapes_gen"])
 
 
-@pytest.mark.parametrize("task", ["fopru_shapes_gen", "fopru_shapes_pair"])
+@pytest.mark.parametrize("task", ["fopru_shapes_gen", "fopru_shapes_pair", "fopru_shapes_modes"])
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
 def test_strategy_none_is_a_drop_in_for_lmms_eval_qwen_adapters(
     checkpoints: dict[str, Path], task_manager, family: str, task: str
 ) -> None:
-    """Default settings on both sides, every doc of the task (fopru_shapes_pair: two images per doc): the same answers,
-    sample for sample. Ours follows lmms-eval's image round trip (JPEG for qwen2_vl) and dtype (bfloat16 for
-    qwen2_5_vl) by default."""
+    """Default settings on both sides, every doc of the task (fopru_shapes_pair: two images per doc;
+    fopru_shapes_modes: RGBA, LA, P with transparency, CMYK and I;16 images): the same answers, sample for sample. Ours
+    follows lmms-eval's image round trip (JPEG for qwen2_vl) and dtype (bfloat16 for qwen2_5_vl) by default."""
     path = checkpoints[family]
     ours_args = f"pretrained={path},strategy=none,{TASK_PIXELS}"
     ours = lmms_eval_in_process(task_manager, f"{family}_fopru", ours_args, task, limit=None)

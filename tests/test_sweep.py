@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TASKS_DIR, offline_runs, read_offline_run, read_table
+from conftest import REPO, TASKS_DIR, broken_task, offline_runs, read_offline_run, read_table
 from fopru_eval.tools import cli
 from fopru_eval.tools.curves import REFERENCE, curves_from_rows, write_pngs
 from fopru_eval.tools.sweep import SweepError, needs_simple_class, plan_points, visual_token_stats
@@ -80,17 +81,19 @@ def test_the_simple_class_is_picked_only_when_a_task_needs_loglikelihood() -> No
 
 
 def test_curves_have_one_line_per_strategy_and_the_unpruned_reference(tmp_path: Path) -> None:
+    total = {"visual_tokens_total_mean": 36}
     rows = [
-        {"strategy": "none", "t/visual_tokens_kept_mean": 36, "t/acc": 0.8},
-        {"strategy": "rank", "t/visual_tokens_kept_mean": 9, "t/acc": 0.6},
-        {"strategy": "rank", "t/visual_tokens_kept_mean": 18, "t/acc": 0.7},
-        {"strategy": "row", "t/visual_tokens_kept_mean": 18, "t/acc": 0.5},
+        {"strategy": "none", "t/visual_tokens_kept_mean": 36, "t/acc": 0.8, "t/acc_stderr": 0.05, **total},
+        {"strategy": "rank", "t/visual_tokens_kept_mean": 9, "t/acc": 0.6, "t/acc_stderr": 0.06, **total},
+        {"strategy": "rank", "t/visual_tokens_kept_mean": 18, "t/acc": 0.7, **total},
+        {"strategy": "row", "t/visual_tokens_kept_mean": 18, "t/acc": 0.5, **total},
     ]
-    [curve] = curves_from_rows(rows)
-    assert (curve.task, curve.metric) == ("t", "acc")
+    [curve] = curves_from_rows(rows)  # the stderr column is no curve of its own
+    assert (curve.task, curve.metric, curve.total_tokens) == ("t", "acc", 36)
     assert curve.lines == {"rank": [(9, 0.6), (18, 0.7)], "row": [(18, 0.5)]}
     assert curve.reference == (36, 0.8)
-    [png] = write_pngs([curve], tmp_path)
+    assert curve.stderr == {(36, 0.8): 0.05, (9, 0.6): 0.06}
+    [png] = write_pngs([curve], tmp_path, model="llava_fopru: some/checkpoint")
     assert png == tmp_path / "curves_t.png" and png.read_bytes().startswith(b"\x89PNG")
 
 
@@ -227,3 +230,37 @@ def test_the_sweep_config_runs_as_a_wandb_agent_run(tiny_llava: Path, tmp_path: 
     # Agent runs share one command line; each writes under its own run id.
     results = json.loads((tmp_path / "fopru-sweep/llava-1.5-7b/agentrun1/row@24tok/results.json").read_text())
     assert results["fopru"]["pruning"]["keep_tokens"] == 24
+
+
+def test_a_failing_sample_fails_the_sweep_with_a_nonzero_exit(tiny_llava: Path, tmp_path: Path) -> None:
+    """Unlike lmms-eval's CLI, which exits 0 when evaluation raises."""
+    task_dir = broken_task(tmp_path)
+    run = fopru_eval(["sweep", "--model_args", f"pretrained={tiny_llava}", "--tasks", "fopru_broken", "--include_path",
+                      str(task_dir), "--strategies", "rank", "--keep-ratios", "0.5", "--limit", "2", "--device",
+                      "cpu", "--output_path", "out"], tmp_path)  # fmt: skip
+    assert run.returncode != 0
+    assert "llava_fopru: generation failed for fopru_broken/test/0" in run.stderr
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_an_interrupted_sweep_resumes_to_the_same_summary_and_another_sweep_is_refused(
+    tiny_llava: Path, tmp_path: Path
+) -> None:
+    common = ["sweep", "--tasks", "fopru_shapes_gen", "--strategies", "rank", "--keep-ratios", "1,0.5,0.25",
+              "--limit", "3", "--device", "cpu", "--include_path", str(TASKS_DIR)]  # fmt: skip
+    whole = fopru_eval([*common, "--model_args", f"pretrained={tiny_llava}", "--output_path", "whole"], tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    # Interrupted during the last point: its results.json (written last) and the summary are missing.
+    shutil.copytree(tmp_path / "whole", tmp_path / "part")
+    for name in ("rank@0.25/results.json", "summary.json", "summary.csv"):
+        (tmp_path / "part" / name).unlink()
+    resumed = fopru_eval([*common, "--model_args", f"pretrained={tiny_llava}", "--output_path", "part"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reused = [line.split(" pruning ")[1].split(":")[0] for line in resumed.stdout.splitlines() if "earlier run" in line]
+    assert reused == ["none@1", "rank@0.5"]
+    for name in ("summary.json", "summary.csv", "rank@0.25/samples_fopru_shapes_gen.jsonl"):
+        assert (tmp_path / "part" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    # Another sweep (here another seed) into the same folder would mix points: refused before the model loads.
+    other = fopru_eval([*common, "--model_args", f"pretrained={tiny_llava},seed=1", "--output_path", "part"], tmp_path)
+    assert other.returncode == 2
+    assert "holds the points of another sweep (model_args: " in other.stderr

@@ -53,6 +53,9 @@ class ImageLayout:
     # Packed position of the marker that ends each row of ``views[marked_view]``; empty if there are none.
     row_markers: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     marked_view: int = 0
+    # Packed positions of markers that end rows holding no visual token (a mosaic that unpadding left 0 tokens wide):
+    # no selection can empty such a row, so, as in the unpruned model, they always stay.
+    fixed_markers: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
 
     @classmethod
     def single(cls, grid: tuple[int, int]) -> ImageLayout:
@@ -65,7 +68,7 @@ class ImageLayout:
 
     @property
     def num_markers(self) -> int:
-        return self.row_markers.numel()
+        return self.row_markers.numel() + self.fixed_markers.numel()
 
     @property
     def num_packed_tokens(self) -> int:
@@ -77,17 +80,22 @@ class ImageLayout:
         per view; and how many markers survive among them (the module's marker rule)."""
         kept = [indices.cpu() for indices in kept]
         positions = [view.positions[indices] for view, indices in zip(self.views, kept, strict=True)]
-        markers = 0
-        if self.num_markers:
+        positions.append(self.fixed_markers)
+        markers = self.fixed_markers.numel()
+        if self.row_markers.numel():
             kept_rows = torch.unique(kept[self.marked_view] // self.views[self.marked_view].grid[1])
             positions.append(self.row_markers[kept_rows])
-            markers = kept_rows.numel()
+            markers += kept_rows.numel()
         return torch.cat(positions).sort().values, markers
 
 
 class AnyresLayout(ImageLayout):
     """LLaVA-NeXT's packed image: the base view (h x w, no newlines), then the unpadded crop mosaic (R rows of C
-    tokens, each row followed by one ``image_newline``)."""
+    tokens, each row followed by one ``image_newline``).
+
+    On very wide or tall images unpadding can leave the mosaic 0 rows high (nothing follows the base view) or 0 tokens
+    wide (R newlines and nothing else); the model still answers, so the layout is then the base view alone, plus those
+    newlines as fixed markers."""
 
     @classmethod
     def from_sources(cls, sources: torch.Tensor, base_grid: tuple[int, int]) -> AnyresLayout:
@@ -101,9 +109,12 @@ class AnyresLayout(ImageLayout):
         sources = sources.long().cpu()
         if not torch.equal(sources[:base_tokens], torch.arange(base_tokens)):
             raise ValueError(f"the packed sequence does not start with the {base_grid} base view in raster order")
+        base = View(base_grid, torch.arange(base_tokens), sources[:base_tokens])
         rest = sources[base_tokens:]
+        if bool((rest == NEWLINE).all()):  # a mosaic of no tokens: 0 rows, or rows 0 tokens wide
+            return cls((base,), fixed_markers=base_tokens + torch.arange(rest.numel()))
         rows = int((rest == NEWLINE).sum())
-        if rows == 0 or rest.numel() % rows or rest.numel() // rows < 2:
+        if rows == 0 or rest.numel() % rows:
             raise ValueError(
                 f"the mosaic of {rest.numel()} packed tokens is not rows of tokens, each ending in a newline"
             )
@@ -113,7 +124,6 @@ class AnyresLayout(ImageLayout):
         cols = by_row.shape[1] - 1
         row_starts = base_tokens + torch.arange(rows).unsqueeze(1) * (cols + 1)
         mosaic = View((rows, cols), (row_starts + torch.arange(cols)).flatten(), by_row[:, :-1].flatten())
-        base = View(base_grid, torch.arange(base_tokens), sources[:base_tokens])
         return cls((base, mosaic), row_markers=row_starts.flatten() + cols, marked_view=1)
 
     @property
@@ -121,8 +131,9 @@ class AnyresLayout(ImageLayout):
         return self.views[0]
 
     @property
-    def mosaic(self) -> View:
-        return self.views[1]
+    def mosaic(self) -> View | None:
+        """None where unpadding left no mosaic tokens."""
+        return self.views[1] if len(self.views) > 1 else None
 
     @property
     def num_newlines(self) -> int:

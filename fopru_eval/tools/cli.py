@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from fopru_eval.tools import bench, sweep
-from fopru_eval.tools.checkpoints.llava import MID, TINY, save_random_llava
 
 
-def make_random_llava(args: argparse.Namespace) -> int:
-    path = save_random_llava(args.path, size={"tiny": TINY, "mid": MID}[args.size], seed=args.seed)
-    print(f"saved a random-weight {args.size} LLaVA-1.5-architecture checkpoint to {path}")
+def make_random(args: argparse.Namespace) -> int:
+    """A random-weight checkpoint of the adapter's family, built offline, to try the adapters on."""
+    model = bench.FAMILIES[args.model]
+    path = model.save(args.path, size=model.sizes[args.size])
+    print(f"saved a random-weight {args.size} {model.label} checkpoint for {args.model} to {path}")
     return 0
 
 
@@ -29,10 +31,12 @@ def demo(args: argparse.Namespace) -> int:
     sweep_parser = argparse.ArgumentParser()
     sweep.add_arguments(sweep_parser)
     task = "fopru_demo_dev" if args.split == "dev" else "fopru_demo"
+    # One folder per split and limit, so that a rerun resumes its own points and never meets another run's.
+    output = Path(args.output_path) / (task if args.limit is None else f"{task}-limit{args.limit}")
     sweep_argv = [
         "--model", "llava_fopru", "--model_args", f"pretrained={CHECKPOINT}", "--tasks", task,
         "--strategies", DEMO_METHODS, "--scores", "logits,softmax", "--device", "cpu",
-        "--batch_size", "16", "--output_path", args.output_path,
+        "--batch_size", "16", "--output_path", str(output),
     ]  # fmt: skip
     if args.limit is not None:
         sweep_argv += ["--limit", str(args.limit)]
@@ -58,13 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser.add_argument("--limit", type=int, help="questions to run, for a quick look (default all 200)")
     demo_parser.set_defaults(run=demo)
 
-    random_llava = commands.add_parser(
-        "make-random-llava", help="save a random-weight LLaVA checkpoint, built offline, to try the adapters on"
-    )
-    random_llava.add_argument("path", help="directory to save the checkpoint and processor to")
-    random_llava.add_argument("--size", choices=("tiny", "mid"), default="tiny")
-    random_llava.add_argument("--seed", type=int, default=0)
-    random_llava.set_defaults(run=make_random_llava)
+    for command, default_model in (("make-random", None), ("make-random-llava", "llava_fopru")):
+        maker = commands.add_parser(command, help=make_random.__doc__ + (" (LLaVA-1.5)" if default_model else ""))
+        if default_model is None:
+            maker.add_argument("model", choices=sorted(bench.FAMILIES), help="the adapter the checkpoint is for")
+        maker.add_argument("path", help="directory to save the checkpoint and processor to")
+        maker.add_argument("--size", choices=("tiny", "mid"), default="tiny")
+        maker.set_defaults(run=make_random, model=default_model)
 
     args = parser.parse_args(argv)
     return args.run(args)

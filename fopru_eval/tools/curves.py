@@ -19,6 +19,8 @@ from typing import Any
 from fopru_eval.core.strategies import STRATEGIES
 
 TOKENS = "visual_tokens_kept_mean"
+TOTAL_TOKENS = "visual_tokens_total_mean"
+STDERR = "_stderr"
 REFERENCE = "none (unpruned)"
 X_LABEL = "mean visual tokens kept per doc"
 
@@ -30,22 +32,31 @@ class Curve:
     # strategy -> (mean visual tokens kept, score), in increasing tokens
     lines: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     reference: tuple[float, float] | None = None
+    # The standard errors lmms-eval reports, where it does: (mean visual tokens kept, score) -> stderr
+    stderr: dict[tuple[float, float], float] = field(default_factory=dict)
+    # Mean visual tokens per doc before pruning, where every point has the same
+    total_tokens: float | None = None
 
 
 def curves_from_rows(rows: list[dict[str, Any]]) -> list[Curve]:
     """One curve per (task, metric) column that has a score and a token mean in some row."""
     metric_keys = [
-        key for key in dict.fromkeys(k for row in rows for k in row) if "/" in key and not key.endswith(f"/{TOKENS}")
+        key
+        for key in dict.fromkeys(k for row in rows for k in row)
+        if "/" in key and not key.endswith((f"/{TOKENS}", STDERR))
     ]
+    totals = {row.get(TOTAL_TOKENS) for row in rows}
     curves = []
     for key in metric_keys:
         task, metric = key.split("/", 1)
-        curve = Curve(task, metric)
+        curve = Curve(task, metric, total_tokens=totals.pop() if len(totals) == 1 else None)
         lines: dict[str, list[tuple[float, float]]] = defaultdict(list)
         for row in rows:
             tokens, score = row.get(f"{task}/{TOKENS}"), row.get(key)
             if tokens is None or score is None or math.isnan(score):
                 continue
+            if isinstance(stderr := row.get(key + STDERR), int | float) and math.isfinite(stderr):
+                curve.stderr[(tokens, score)] = stderr
             if not STRATEGIES.get(row["strategy"]).uses_budget:  # strategy=none: the unpruned reference
                 curve.reference = (tokens, score)
             else:  # one line per method: a strategy, with the scorer and reading where a sweep varies them
@@ -59,8 +70,9 @@ def curves_from_rows(rows: list[dict[str, Any]]) -> list[Curve]:
 # ----- PNG --------------------------------------------------------------------------------------------------------
 
 
-def write_pngs(curves: list[Curve], directory: Path) -> list[Path]:
-    """``curves_<task>.png`` per task, one panel per metric; the same data as the W&B plots."""
+def write_pngs(curves: list[Curve], directory: Path, model: str | None = None) -> list[Path]:
+    """``curves_<task>.png`` per task, one panel per metric (titled with ``model`` where given), with lmms-eval's
+    standard errors as error bars; the same data as the W&B plots."""
     from matplotlib.figure import Figure  # the object API: no pyplot, so no GUI backend and no global state
 
     by_task: dict[str, list[Curve]] = defaultdict(list)
@@ -74,12 +86,20 @@ def write_pngs(curves: list[Curve], directory: Path) -> list[Path]:
         for index, curve in enumerate(task_curves):
             axes = figure.add_subplot(rows, columns, index + 1)
             for strategy, points in curve.lines.items():
-                axes.plot(*zip(*points, strict=True), marker="o", label=strategy)
+                errors = [curve.stderr.get(point, 0.0) for point in points]
+                axes.errorbar(*zip(*points, strict=True), yerr=errors, marker="o", capsize=3, label=strategy)
             if curve.reference is not None:
                 tokens, score = curve.reference
                 axes.axhline(score, color="gray", linestyle="--", label=REFERENCE)
-                axes.plot([tokens], [score], marker="*", markersize=10, color="gray", linestyle="none")
-            axes.set(title=f"{task}: {curve.metric}", xlabel=X_LABEL, ylabel=curve.metric)
+                axes.errorbar([tokens], [score], yerr=[curve.stderr.get(curve.reference, 0.0)], marker="*",
+                              markersize=10, capsize=3, color="gray", linestyle="none")  # fmt: skip
+            of_total = f" (of {curve.total_tokens:g})" if curve.total_tokens else ""
+            title = f"{model}\n{task}: {curve.metric}" if model else f"{task}: {curve.metric}"
+            axes.set(title=title, xlabel=X_LABEL + of_total, ylabel=curve.metric)
+            # When every point scores the same, a flat line still gets a readable axis around it.
+            low, high = axes.get_ylim()
+            if high - low < 0.02:
+                axes.set_ylim(low - 0.05, high + 0.05)
             axes.grid(alpha=0.3)
             axes.legend(fontsize="small")
         safe_name = re.sub(r"[^\w.-]", "_", task)
@@ -98,13 +118,12 @@ def under_wandb_agent() -> bool:
 
 def wandb_init_args(wandb_args: str | None, **shortcuts: str | None) -> dict[str, Any] | None:
     """What every W&B run of a sweep passes to ``wandb.init``: ``wandb_args`` (lmms-eval's ``--wandb_args`` format)
-    with the ``project``/``entity``/``group``/``name`` shortcuts, or None when W&B is not asked for. Outside a W&B
-    sweep, a sweep's runs share a group (``fopru-sweep-<date>`` unless one is given). Refuses a key ``wandb.init`` does
-    not take, and a shortcut that disagrees with ``wandb_args``, before any weights load."""
+    with the ``project``/``entity``/``group``/``name`` shortcuts, or None when W&B is not asked for. Refuses a key
+    ``wandb.init`` does not take, and a shortcut that disagrees with ``wandb_args``, before any weights load."""
     import inspect
 
     import wandb
-    from lmms_eval.utils import get_datetime_str, simple_parse_args_string
+    from lmms_eval.utils import simple_parse_args_string
 
     init_args = simple_parse_args_string(wandb_args or "")
     for key, value in shortcuts.items():
@@ -118,8 +137,6 @@ def wandb_init_args(wandb_args: str | None, **shortcuts: str | None) -> dict[str
     accepted = [name for name in inspect.signature(wandb.init).parameters if name not in ("config", "kwargs")]
     if unknown := sorted(set(init_args) - set(accepted)):
         raise ValueError(f"--wandb_args: wandb.init takes no {unknown}; accepted: {', '.join(accepted)}")
-    if not under_wandb_agent():
-        init_args.setdefault("group", f"fopru-sweep-{get_datetime_str()}")
     return init_args
 
 

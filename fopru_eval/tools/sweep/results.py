@@ -8,9 +8,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fopru_eval.tools.sweep.plan import Point
+from fopru_eval.tools.sweep.plan import Point, SweepError
 
 TOKENS = "visual_tokens_kept_mean"
+MANIFEST = "manifest.json"
+# What must match for a folder's finished points to be reused: the same model, args, tasks and versions.
+MANIFEST_KEYS = ("model", "model_args", "model_class", "tasks", "limit", "versions")
 
 
 def visual_token_stats(samples: dict[str, list[dict]], group_subtasks: dict[str, list[str]]) -> dict[str, Any]:
@@ -54,15 +57,17 @@ def _mean_counts(counts: list[tuple[int, int]]) -> dict[str, float | int | None]
 
 
 def task_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """``{task}/{metric}`` -> value for every numeric metric, named as lmms-eval's own W&B logger names them."""
+    """``{task}/{metric}`` -> value for every numeric metric, named as lmms-eval's own W&B logger names them, and
+    ``{task}/{metric}_stderr`` where lmms-eval reports a numeric standard error."""
     from lmms_eval.loggers.utils import remove_none_pattern
 
     metrics = {}
     for task, values in results.get("results", {}).items():
         for key, value in values.items():
             metric, _ = remove_none_pattern(key)
-            # stderr is "N/A" or a number; a submission-only metric is None: neither is a score.
-            if metric == "alias" or "_stderr" in metric or isinstance(value, bool):
+            # stderr is "N/A" or a number (lmms-eval's other estimators, _clt and _clustered, are left out); a
+            # submission-only metric is None: neither is a score.
+            if metric == "alias" or ("_stderr" in metric and not metric.endswith("_stderr")) or isinstance(value, bool):
                 continue
             if isinstance(value, int | float):
                 metrics[f"{task}/{metric}"] = float(value)
@@ -102,13 +107,56 @@ def write_point(
     results["config"]["model"] = model
     results["fopru"] = {"point": point.label, "pruning": point.config.to_dict(), "visual_tokens": stats}
     directory.mkdir(parents=True, exist_ok=True)
-    dumped = json.dumps(results, indent=2, default=_handle_non_serializable, ensure_ascii=False)
-    (directory / "results.json").write_text(dumped + "\n", encoding="utf-8")
     for task, task_samples in samples.items():
         with open(directory / f"samples_{task}.jsonl", "w", encoding="utf-8") as file:
             for sample in task_samples:
                 file.write(json.dumps(_loggable(sample), default=_handle_non_serializable, ensure_ascii=False) + "\n")
+    # results.json last, and whole or not at all: it marks the point finished (``finished_row``).
+    dumped = json.dumps(results, indent=2, default=_handle_non_serializable, ensure_ascii=False)
+    partial = directory / "results.json.partial"
+    partial.write_text(dumped + "\n", encoding="utf-8")
+    partial.replace(directory / "results.json")
     return point_row(point, results, stats)
+
+
+def finished_row(directory: Path, point: Point) -> dict[str, Any] | None:
+    """The row of a point an earlier run of the same sweep finished in ``directory``, read back from its results;
+    None if it has not finished there."""
+    path = directory / "results.json"
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text(encoding="utf-8"))
+    return point_row(point, results, results["fopru"]["visual_tokens"])
+
+
+def sweep_manifest(about: dict[str, Any]) -> dict[str, Any]:
+    """What a sweep's points were made with: ``about``'s model, args, tasks and limit, and the package versions."""
+    from importlib.metadata import version
+
+    versions = {name: version(name) for name in ("fopru-eval", "lmms-eval", "transformers", "torch")}
+    return {**{key: about[key] for key in MANIFEST_KEYS if key != "versions"}, "versions": versions}
+
+
+def resume_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest an earlier run left in ``directory`` (None if none did), refused if its points were made with
+    another model, args, tasks, limit or versions: they cannot be mixed with this run's into one summary."""
+    path = directory / MANIFEST
+    if not path.exists():
+        return None
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    differ = [f"{key}: {stored.get(key)!r} there, {manifest[key]!r} now" for key in MANIFEST_KEYS
+              if stored.get(key) != manifest[key]]  # fmt: skip
+    if differ:
+        raise SweepError(
+            f"{directory} holds the points of another sweep ({'; '.join(differ)}): give another --output_path, "
+            "or remove that folder"
+        )
+    return stored
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
 def _loggable(sample: dict[str, Any]) -> dict[str, Any]:

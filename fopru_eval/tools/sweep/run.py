@@ -32,7 +32,14 @@ from fopru_eval.tools.sweep.plan import (
     plan_points,
     resolve_tasks,
 )
-from fopru_eval.tools.sweep.results import write_point, write_summary
+from fopru_eval.tools.sweep.results import (
+    finished_row,
+    resume_manifest,
+    sweep_manifest,
+    write_manifest,
+    write_point,
+    write_summary,
+)
 
 # ----- the run ----------------------------------------------------------------------------------------------------
 
@@ -118,13 +125,6 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]] | None:
     if curves.under_wandb_agent() and len(points) > 1:
         raise SweepError(f"under wandb agent a run is one point, not {len(points)}: {[p.label for p in points]}")
 
-    adapter = model_class.create_from_arg_string(
-        points[0].model_args(args.model_args), {"batch_size": args.batch_size, "device": args.device}
-    )
-    adapter.keep_loaded = True
-    # Rank 0 as lmms-eval's evaluator counts it (the launcher's RANK): it alone gets results back. The adapter's own
-    # rank is no guide before the first evaluation: on CPUs the evaluator sets up the process group itself.
-    is_main = int(os.environ.get("RANK", 0)) == 0
     output = output_directory(args.output_path)
     about = {
         "model": args.model,
@@ -135,6 +135,22 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]] | None:
         "limit": args.limit,
         "batch_size": args.batch_size,
     }
+    # Points an earlier run of the same sweep finished in this folder are reused; another sweep's are refused.
+    manifest = sweep_manifest(about)
+    earlier = resume_manifest(output, manifest) or {}
+    if wandb_args is not None and not curves.under_wandb_agent():
+        # A sweep's runs share a group; a resumed sweep keeps its first run's.
+        wandb_args.setdefault("group", earlier.get("wandb_group") or f"fopru-sweep-{get_datetime_str()}")
+
+    adapter = model_class.create_from_arg_string(
+        points[0].model_args(args.model_args), {"batch_size": args.batch_size, "device": args.device}
+    )
+    adapter.keep_loaded = True
+    # Rank 0 as lmms-eval's evaluator counts it (the launcher's RANK): it alone gets results back. The adapter's own
+    # rank is no guide before the first evaluation: on CPUs the evaluator sets up the process group itself.
+    is_main = int(os.environ.get("RANK", 0)) == 0
+    if is_main:
+        write_manifest(output, {**manifest, "wandb_group": (wandb_args or {}).get("group")})
     # Only rank 0 touches W&B, and only once a point has results: no stray or empty runs.
     use_wandb = is_main and wandb_args is not None
     rows: list[dict[str, Any]] = []
@@ -142,6 +158,10 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]] | None:
         adapter.pruning = point.config
         model_args = point.model_args(args.model_args)
         point_dir = output / point.label
+        if (row := finished_row(point_dir, point)) is not None:
+            rows.append(row)
+            print(f"\n{args.model} pruning {point.label}: finished by an earlier run, read from {point_dir}")
+            continue
         cli_args = _lmms_eval_cli_args(
             model=args.model, model_args=model_args, tasks=",".join(args.tasks), include_path=include_path,
             batch_size=args.batch_size, device=args.device, limit=args.limit, force_simple=force_simple,
@@ -177,7 +197,11 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]] | None:
     if not is_main:
         return None
     write_summary(output, rows, points, about)
-    pngs = curves.write_pngs(curves.curves_from_rows(rows), output)
+    # The checkpoint as a user names it: a hub id, or the last two parts of a local path.
+    checkpoint = about["pretrained"] or ""
+    if Path(checkpoint).is_absolute():
+        checkpoint = "/".join(Path(checkpoint).parts[-2:])
+    pngs = curves.write_pngs(curves.curves_from_rows(rows), output, model=f"{args.model}: {checkpoint}")
     if use_wandb and len(rows) > 1:
         config = {**about, **{name: getattr(args, name) for name in SWEPT_OPTIONS}}
         curves.log_curves_run(curves.wandb_run_args(wandb_args, "curves"), config, rows)
