@@ -15,15 +15,18 @@ from fopru_eval.families import Prompt, PrunedBatch
 
 @dataclass
 class VisualTokenCounts(TokenCounts):
-    """lmms-eval's per-sample token counts plus the visual tokens the LLM kept, summed over the sample's images."""
+    """lmms-eval's per-sample token counts plus the visual tokens the LLM kept, summed over the sample's images, and
+    the estimated prefill FLOPs (``fopru_eval/core/flops.py``)."""
 
     visual_tokens_kept: int | None = None
     visual_tokens_total: int | None = None
+    prefill_flops: int | None = None
 
     def to_dict(self) -> dict[str, int | None]:
         counts = super().to_dict()
         counts["visual_tokens_kept"] = self.visual_tokens_kept
         counts["visual_tokens_total"] = self.visual_tokens_total
+        counts["prefill_flops"] = self.prefill_flops
         return counts
 
 
@@ -52,6 +55,7 @@ class PreparedBatch(PrunedBatch):
             "output_tokens": output_tokens,
             "visual_tokens_kept": self.visual_tokens_kept[i],
             "visual_tokens_total": self.visual_tokens_total[i],
+            "prefill_flops": self.prefill_flops[i] if self.prefill_flops is not None else None,
         }
         if self.newline_tokens_kept is None:
             return VisualTokenCounts(**counts)
@@ -63,15 +67,17 @@ class PreparedBatch(PrunedBatch):
 
 
 class VisualTokenLedger:
-    """Each request's visual tokens kept and in all during one evaluation, for lmms-eval's ``throughput`` block.
+    """Each request's visual tokens kept and in all, and its prefill FLOPs, during one evaluation, for lmms-eval's
+    ``throughput`` block.
 
     lmms-eval averages what adapters log per batch, over batches and on rank 0 alone; so instead the counts are kept
     per request (a request counted once; the padding requests that even out uneven ranks left out), gathered over all
-    processes once every request has run, and summed. Text-only requests (no image) are left out of the averages.
+    processes once every request has run, and summed. Text-only requests (no image) are left out of the visual-token
+    averages, not of the FLOPs.
     """
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, int, int], tuple[int, int]] = {}
+        self.counts: dict[tuple[str, int, int], tuple[int, int, int | None]] = {}
 
     def record(self, requests: list[Instance], results: list[GenerationResult]) -> None:
         for request, result in zip(requests, results, strict=True):
@@ -79,10 +85,11 @@ class VisualTokenLedger:
             if (request.metadata or {}).get("__padding_only__") or not isinstance(counts, VisualTokenCounts):
                 continue
             key = (request.task_name, request.doc_id, request.idx)
-            self.counts[key] = (counts.visual_tokens_kept, counts.visual_tokens_total)
+            self.counts[key] = (counts.visual_tokens_kept, counts.visual_tokens_total, counts.prefill_flops)
 
     def gathered_metrics(self) -> dict[str, float]:
-        """Means over every process's requests with images; call on every process (it gathers)."""
+        """Means over every process's requests (those with images, for the visual tokens); call on every process (it
+        gathers)."""
         import torch.distributed as dist
 
         parts = [self.counts]
@@ -90,15 +97,17 @@ class VisualTokenLedger:
             parts = [None] * dist.get_world_size()
             dist.all_gather_object(parts, self.counts)
         merged = {key: counts for part in parts for key, counts in part.items()}
-        with_images = [(kept, total) for kept, total in merged.values() if total > 0]
-        if not with_images:
-            return {}
-        kept, total = sum(c[0] for c in with_images), sum(c[1] for c in with_images)
-        return {
-            "visual_tokens_kept": kept / len(with_images),
-            "visual_tokens_total": total / len(with_images),
-            "visual_keep_fraction": kept / total,
-        }
+        metrics: dict[str, float] = {}
+        flops = [counts[2] for counts in merged.values() if counts[2] is not None]
+        if flops:
+            metrics["prefill_flops"] = sum(flops) / len(flops)
+        with_images = [counts for counts in merged.values() if counts[1] > 0]
+        if with_images:
+            kept, total = sum(c[0] for c in with_images), sum(c[1] for c in with_images)
+            metrics["visual_tokens_kept"] = kept / len(with_images)
+            metrics["visual_tokens_total"] = total / len(with_images)
+            metrics["visual_keep_fraction"] = kept / total
+        return metrics
 
 
 def add_counts(total: TokenCounts | None, counts: TokenCounts | None) -> TokenCounts | None:

@@ -63,14 +63,16 @@ def test_a_bad_request_fails_before_any_weights_load(tmp_path: Path, capsys: pyt
 
 
 def test_mean_visual_tokens_count_each_doc_once_and_groups_over_their_subtasks() -> None:
-    option = {"visual_tokens_kept": 9, "visual_tokens_total": 36}
+    option = {"visual_tokens_kept": 9, "visual_tokens_total": 36, "prefill_flops": 100}
     samples = {
         "mc": [{"token_counts": [option, option, option]}, {"token_counts": [option] * 4}],  # one entry per option
-        "gen": [{"token_counts": [{"visual_tokens_kept": 18, "visual_tokens_total": 36}]}],
+        "gen": [{"token_counts": [{"visual_tokens_kept": 18, "visual_tokens_total": 36, "prefill_flops": 200}]}],
     }
     stats = visual_token_stats(samples, {"both": ["mc", "gen"], "mc": [], "gen": []})
+    # Visual tokens: each doc once; FLOPs: every option's prefill (3 and 4 of them).
     assert stats["tasks"]["mc"] == {
-        "docs": 2, "visual_tokens_kept_mean": 9, "visual_tokens_total_mean": 36, "visual_keep_fraction": 0.25
+        "docs": 2, "visual_tokens_kept_mean": 9, "visual_tokens_total_mean": 36, "visual_keep_fraction": 0.25,
+        "prefill_flops_mean": 350,
     }  # fmt: skip
     assert stats["tasks"]["both"]["visual_tokens_kept_mean"] == stats["overall"]["visual_tokens_kept_mean"] == 12
 
@@ -113,16 +115,19 @@ def test_sweep_evaluates_every_point_on_one_model_and_logs_a_wandb_group(tiny_ll
 
     summary = json.loads((output / "summary.json").read_text())
     assert summary["model_class"] == "simple"
+    flops = {}
     assert [row["label"] for row in summary["points"]] == list(KEPT)
     for label, kept in KEPT.items():
         results = json.loads((output / label / "results.json").read_text())
         strategy, ratio = label.split("@")
         assert results["fopru"]["pruning"]["strategy"] == strategy
         assert results["fopru"]["pruning"]["keep_ratio"] == (None if strategy == "none" else float(ratio))
-        assert results["fopru"]["visual_tokens"]["overall"] == {
+        overall = results["fopru"]["visual_tokens"]["overall"]
+        assert overall == {
             "docs": 6, "visual_tokens_kept_mean": kept, "visual_tokens_total_mean": 36,
-            "visual_keep_fraction": kept / 36,
+            "visual_keep_fraction": kept / 36, "prefill_flops_mean": overall["prefill_flops_mean"],
         }  # fmt: skip
+        flops[label] = overall["prefill_flops_mean"]
         assert results["config"]["model"] == "llava_fopru"
         expected_args = f"pretrained={tiny_llava},strategy={strategy}" + ("" if strategy == "none" else
                                                                           f",keep_ratio={ratio}")  # fmt: skip
@@ -135,6 +140,8 @@ def test_sweep_evaluates_every_point_on_one_model_and_logs_a_wandb_group(tiny_ll
         # The task's own harness wrote the submission into this point's folder: every doc, as scored.
         submission = json.loads((output / label / "submissions" / "fopru_shapes_submission.json").read_text())
         assert submission == [s["submission"] for s in samples]
+    # Fewer tokens fed, fewer prefill FLOPs; the same tokens, the same FLOPs.
+    assert flops["rank@0.25"] == flops["random@0.25"] < flops["row@0.5"] == flops["rank@0.5"] < flops["none@1"]
     csv_lines = (output / "summary.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + len(KEPT) and "fopru_shapes_mc/acc" in csv_lines[0]
     assert {p.name for p in output.glob("*.png")} == {"curves_fopru_shapes_mc.png", "curves_fopru_shapes_submit.png"}

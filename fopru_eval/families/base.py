@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoProcessor, PretrainedConfig, PreTrained
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from fopru_eval.core.config import PruningConfig
+from fopru_eval.core.flops import Blocks, llm_prefill_flops
 from fopru_eval.core.layout import ImageLayout
 from fopru_eval.core.registry import PruningConfigError
 from fopru_eval.core.scoring import SCORERS, Scorer
@@ -63,6 +64,8 @@ class PrunedBatch:
     # families without them.
     newline_tokens_kept: list[int] | None = None
     newline_tokens_total: list[int] | None = None
+    # Estimated prefill FLOPs: tower and projector over every patch, the LLM over the tokens it was fed.
+    prefill_flops: list[int] | None = None
 
 
 class Family:
@@ -78,6 +81,23 @@ class Family:
     def __init__(self, model: PreTrainedModel, processor: ProcessorMixin) -> None:
         self.model = model
         self.processor = processor
+
+    # ----- prefill FLOPs (``fopru_eval/core/flops.py``) --------------------------------------------------------------
+
+    def image_flops(self, encoded: dict[str, Any], image_index: int) -> int:
+        """The vision tower's and the projector's FLOPs for one image of the processor's output ``encoded``: over
+        every patch, whatever pruning keeps (it comes after them)."""
+        raise NotImplementedError
+
+    def llm_flops(self, tokens: int) -> int:
+        """The LLM's prefill FLOPs over ``tokens`` tokens (Llama-style blocks: gated MLP, grouped-query attention)."""
+        text = self.model.config.text_config
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        blocks = Blocks(
+            text.num_hidden_layers, text.hidden_size, text.num_attention_heads, text.num_key_value_heads, head_dim,
+            text.intermediate_size, gated=True,
+        )  # fmt: skip
+        return llm_prefill_flops(blocks, text.vocab_size, tokens)
 
     # ----- loading -------------------------------------------------------------------------------------------------
 
@@ -214,7 +234,9 @@ def prune_batch(
 
     kept_features: list[torch.Tensor] = []
     kept_positions: list[torch.Tensor] = []
-    counts: dict[str, list[int]] = {name: [] for name in ("kept", "total", "markers_kept", "markers_total")}
+    counts: dict[str, list[int]] = {
+        name: [] for name in ("kept", "total", "markers_kept", "markers_total", "prefill_flops")
+    }
     first_image = 0
     for i, prompt in enumerate(prompts):
         image_indices = range(first_image, first_image + len(prompt.images))
@@ -236,6 +258,8 @@ def prune_batch(
         counts["total"].append(sum(layout.num_visual_tokens for layout in layouts))
         counts["markers_kept"].append(markers)
         counts["markers_total"].append(sum(layout.num_markers for layout in layouts))
+        image_flops = sum(family.image_flops(encoded, image_index) for image_index in image_indices)
+        counts["prefill_flops"].append(image_flops + family.llm_flops(rows[i].numel()))
 
     input_ids, attention_mask = left_pad(rows, processor.tokenizer.pad_token_id)
     inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -252,6 +276,7 @@ def prune_batch(
         input_tokens=[row.numel() for row in rows],
         newline_tokens_kept=counts["markers_kept"] if family.has_newlines else None,
         newline_tokens_total=counts["markers_total"] if family.has_newlines else None,
+        prefill_flops=counts["prefill_flops"],
     )
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import CLIPVisionModel, LlavaForConditionalGeneration, PretrainedConfig, PreTrainedModel
 
 from fopru_eval.core.config import PruningConfig
+from fopru_eval.core.flops import Blocks, linear
 from fopru_eval.core.layout import ImageLayout
 from fopru_eval.core.scoring import Scorer
 from fopru_eval.core.sequence import left_pad
@@ -112,6 +113,32 @@ class Llava(Family):
         output, scores = self.run_tower(forward, scorer)
         features = list(output.pooler_output)
         return EncodedImages(features, [ImageLayout.single(self.grid)] * len(features), scores)
+
+    def tower_views(self, encoded: dict[str, Any], image_index: int) -> int:
+        """How many times the tower runs for one image."""
+        return 1
+
+    def image_flops(self, encoded: dict[str, Any], image_index: int) -> int:
+        """Per tower view: the patch embedding, the CLIP blocks (every layer runs, though the LLM reads the
+        ``vision_feature_layer``'s output) over the patches and the prefix token, and LLaVA's two-layer projector over
+        the patch features."""
+        config = self.model.config
+        vision, text = config.vision_config, config.text_config
+        patches = self.view_tokens(config)
+        tokens = patches + self.prefix_tokens(config)
+        heads = vision.num_attention_heads
+        tower = Blocks(
+            vision.num_hidden_layers, vision.hidden_size, heads, heads, vision.hidden_size // heads,
+            vision.intermediate_size, gated=False,
+        )  # fmt: skip
+        feature_layers = 1 if isinstance(config.vision_feature_layer, int) else len(config.vision_feature_layer)
+        per_view = (
+            linear(patches, 3 * vision.patch_size**2, vision.hidden_size)
+            + tower.flops(tokens, tokens * tokens)
+            + linear(patches, feature_layers * vision.hidden_size, text.hidden_size)
+            + linear(patches, text.hidden_size, text.hidden_size)
+        )
+        return self.tower_views(encoded, image_index) * per_view
 
     # ----- positions -----------------------------------------------------------------------------------------------
 

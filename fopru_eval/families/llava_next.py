@@ -42,6 +42,9 @@ class LlavaNext(Llava):
         config = self.model.config
         return image_size_to_num_patches(image_size, config.image_grid_pinpoints, config.vision_config.image_size)
 
+    def tower_views(self, encoded: dict[str, Any], image_index: int) -> int:
+        return self.num_views(encoded["image_sizes"][image_index])
+
     def layout(self, image_size: torch.Tensor) -> AnyresLayout:
         """Where each packed token of an image of ``image_size`` (height, width) comes from.
 

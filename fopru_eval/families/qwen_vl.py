@@ -33,6 +33,7 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransforme
 from transformers.vision_utils import get_vision_window_index
 
 from fopru_eval.core.config import PruningConfig
+from fopru_eval.core.flops import Blocks, linear, window_pairs
 from fopru_eval.core.layout import ImageLayout
 from fopru_eval.core.packed import undo_window_order
 from fopru_eval.core.scoring import Scorer
@@ -67,6 +68,28 @@ class QwenVL(Family):
     def merge_group_order(self, grid_thw: torch.Tensor) -> torch.Tensor | None:
         """The order in which the tower's blocks see each image's merge groups, if not raster order."""
         return None
+
+    def tower_block_flops(self, frames: int, rows: int, cols: int) -> int:
+        """The vision blocks' FLOPs over ``frames`` frames of rows x cols patches (attention within each frame)."""
+        raise NotImplementedError
+
+    def image_flops(self, encoded: dict[str, Any], image_index: int) -> int:
+        """The patch embedding and the vision blocks over every patch, then the merger (two linear layers over each
+        group of spatial_merge_size^2 patches)."""
+        vision, text = self.model.config.vision_config, self.model.config.text_config
+        frames, rows, cols = encoded["image_grid_thw"][image_index].tolist()
+        patches, width = frames * rows * cols, self.tower_width
+        groups, group_width = patches // vision.spatial_merge_size**2, width * vision.spatial_merge_size**2
+        return (
+            linear(patches, vision.in_channels * vision.temporal_patch_size * vision.patch_size**2, width)
+            + self.tower_block_flops(frames, rows, cols)
+            + linear(groups, group_width, group_width)
+            + linear(groups, group_width, text.hidden_size)
+        )
+
+    @property
+    def tower_width(self) -> int:
+        raise NotImplementedError
 
     # ----- the vision side -----------------------------------------------------------------------------------------
 
@@ -147,6 +170,16 @@ class Qwen2VL(QwenVL):
     example_checkpoint = "Qwen/Qwen2-VL-7B-Instruct"
     tower_class = Qwen2VisionTransformerPretrainedModel
 
+    @property
+    def tower_width(self) -> int:
+        return self.model.config.vision_config.embed_dim
+
+    def tower_block_flops(self, frames: int, rows: int, cols: int) -> int:
+        vision = self.model.config.vision_config
+        width, heads = vision.embed_dim, vision.num_heads
+        blocks = Blocks(vision.depth, width, heads, heads, width // heads, width * vision.mlp_ratio, gated=False)
+        return blocks.flops(frames * rows * cols, frames * (rows * cols) ** 2)
+
     @staticmethod
     def significance_block(vision_config: PretrainedConfig) -> int:
         return vision_config.depth - 1
@@ -161,6 +194,23 @@ class Qwen2_5_VL(QwenVL):
     model_class = Qwen2_5_VLForConditionalGeneration
     example_checkpoint = "Qwen/Qwen2.5-VL-7B-Instruct"
     tower_class = Qwen2_5_VisionTransformerPretrainedModel
+
+    @property
+    def tower_width(self) -> int:
+        return self.model.config.vision_config.hidden_size
+
+    def tower_block_flops(self, frames: int, rows: int, cols: int) -> int:
+        """Full attention in the ``fullatt_block_indexes`` blocks, attention within window_size-pixel windows in the
+        others; a gated MLP."""
+        vision = self.model.config.vision_config
+        width, heads = vision.hidden_size, vision.num_heads
+        blocks = Blocks(vision.depth, width, heads, heads, width // heads, vision.intermediate_size, gated=True)
+        full = len(vision.fullatt_block_indexes)
+        window = vision.window_size // vision.patch_size
+        patches = frames * rows * cols
+        return blocks.flops(patches, frames * (rows * cols) ** 2, layers=full) + blocks.flops(
+            patches, frames * window_pairs(rows, cols, window), layers=vision.depth - full
+        )
 
     @classmethod
     def check_config(cls, config: PretrainedConfig, checkpoint: str, who: str) -> None:

@@ -21,6 +21,7 @@ from fopru_eval.core.strategies import STRATEGIES
 TOKENS = "visual_tokens_kept_mean"
 TOTAL_TOKENS = "visual_tokens_total_mean"
 STDERR = "_stderr"
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 REFERENCE = "none (unpruned)"
 X_LABEL = "mean visual tokens kept per doc"
 
@@ -85,9 +86,15 @@ def write_pngs(curves: list[Curve], directory: Path, model: str | None = None) -
         figure = Figure(figsize=(5 * columns, 3.8 * rows), layout="constrained")
         for index, curve in enumerate(task_curves):
             axes = figure.add_subplot(rows, columns, index + 1)
-            for strategy, points in curve.lines.items():
+            # Lines that coincide (methods that score the same) stay visible: each later one is drawn thinner, with
+            # smaller markers of another shape, on top of the earlier ones.
+            for index, (strategy, points) in enumerate(curve.lines.items()):
                 errors = [curve.stderr.get(point, 0.0) for point in points]
-                axes.errorbar(*zip(*points, strict=True), yerr=errors, marker="o", capsize=3, label=strategy)
+                axes.errorbar(
+                    *zip(*points, strict=True), yerr=errors, capsize=3, label=strategy,
+                    marker=MARKERS[index % len(MARKERS)], markersize=max(3.0, 10.0 - 1.2 * index),
+                    linewidth=max(0.8, 2.6 - 0.3 * index),
+                )  # fmt: skip
             if curve.reference is not None:
                 tokens, score = curve.reference
                 axes.axhline(score, color="gray", linestyle="--", label=REFERENCE)

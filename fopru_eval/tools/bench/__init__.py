@@ -114,6 +114,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             result["significance_full_tower"] = by_scores[DEFAULT_SCORES]["published size"]
         if args.compare:
             result["reference"] = compare_reference(model, adapter, path, docs, args)
+    result["machine"]["load_average_1m_end"] = psutil.getloadavg()[0]
     result["total_s"] = time.perf_counter() - started
     return result
 

@@ -13,6 +13,19 @@ def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def load_warning(machine: dict[str, Any]) -> list[str]:
+    """A marked warning when other work had more runnable threads than the machine has cores, at start or end."""
+    loads = [machine.get("load_average_1m"), machine.get("load_average_1m_end")]
+    busiest = max(load for load in loads if load is not None)
+    if busiest <= machine["cpu_cores"]:
+        return []
+    return [
+        f"**WARNING (!): load average {busiest:.1f} above the {machine['cpu_cores']} cores during this run: other work "
+        "shared the machine, so absolute times are unreliable; the interleaved ratios less so.**",
+        "",
+    ]
+
+
 def format_tables(result: dict[str, Any]) -> str:
     """Markdown: a header of machine facts, the sweep table, the ideal, the significance cost, the parity table."""
     m, model, s = result["machine"], result["model"], result["settings"]
@@ -28,6 +41,7 @@ def format_tables(result: dict[str, Any]) -> str:
         f"batch size {s['batch_size']}, max_new_tokens {s['max_new_tokens']}; times per sample, median of "
         f"{s['repeats']} rounds after {s['warmup']} warm-up; x none: ratio to strategy=none in this run.",
         "",
+        *load_warning(m),
         "| config | visual tokens | prefill ms | x none | LLM prefill ms | x none | decode ms/token "
         "| end-to-end ms | x none | output tokens | peak memory MiB | x none |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -36,7 +50,7 @@ def format_tables(result: dict[str, Any]) -> str:
         lines.append(
             f"| {r['config']} | {r['visual_tokens_kept']:g} / {r['visual_tokens_total']:g} "
             f"| {r['prefill_s'] * 1e3:.1f} | {r['prefill_vs_none']:.2f} "
-            f"| {r['llm_prefill_s'] * 1e3:.1f} | {r['llm_prefill_vs_none']:.2f} | {r['decode_per_token_s'] * 1e3:.1f} "
+            f"| {r['llm_prefill_s'] * 1e3:.1f} | {r['llm_prefill_vs_none']:.2f} | {_ms(r['decode_per_token_s'])} "
             f"| {r['end_to_end_s'] * 1e3:.1f} | {r['end_to_end_vs_none']:.2f} | {r['output_tokens']:g} "
             f"| {r['peak_memory_mib']:.1f} | {r['peak_memory_vs_none']:.2f} |"
         )

@@ -122,7 +122,9 @@ def compare_configs(
         row["prefill_vs_ideal"] = row["prefill_s"] / row["ideal_prefill_s"]
         row["end_to_end_vs_ideal"] = row["end_to_end_s"] / row["ideal_end_to_end_s"]
         # Decoding cost per generated token, once the prompt is in the cache.
-        row["decode_per_token_s"] = (row["end_to_end_s"] - row["prefill_s"]) / max(row["output_tokens"], 1)
+        # A difference of two medians: on a loaded machine it can come out negative, which no time is. None then.
+        decode = (row["end_to_end_s"] - row["prefill_s"]) / max(row["output_tokens"], 1)
+        row["decode_per_token_s"] = decode if decode > 0 else None
     return rows
 
 

@@ -22,12 +22,12 @@ def visual_token_stats(samples: dict[str, list[dict]], group_subtasks: dict[str,
     Each sample's ``token_counts`` holds one entry per request; a multiple-choice doc asks once per option with the
     same image, so its first entry stands for the doc.
     """
-    per_doc: dict[str, list[tuple[int, int]]] = {}
+    per_doc: dict[str, list[tuple[int, int, int | None]]] = {}
     for task, task_samples in samples.items():
         counts = [_doc_counts(sample) for sample in task_samples]
         per_doc[task] = [c for c in counts if c is not None]
 
-    def docs_of(name: str) -> list[tuple[int, int]]:
+    def docs_of(name: str) -> list[tuple[int, int, int | None]]:
         if name in per_doc:
             return per_doc[name]
         return [c for subtask in group_subtasks.get(name, []) for c in docs_of(subtask)]
@@ -39,20 +39,25 @@ def visual_token_stats(samples: dict[str, list[dict]], group_subtasks: dict[str,
     }
 
 
-def _doc_counts(sample: dict[str, Any]) -> tuple[int, int] | None:
-    for counts in sample.get("token_counts") or []:
-        if counts and counts.get("visual_tokens_kept") is not None:
-            return counts["visual_tokens_kept"], counts["visual_tokens_total"]
+def _doc_counts(sample: dict[str, Any]) -> tuple[int, int, int | None] | None:
+    entries = [counts for counts in sample.get("token_counts") or [] if counts]
+    for counts in entries:
+        if counts.get("visual_tokens_kept") is not None:
+            # Each request is a prefill of its own: a doc's FLOPs are its requests' sum.
+            flops = [entry.get("prefill_flops") for entry in entries]
+            return counts["visual_tokens_kept"], counts["visual_tokens_total"], None if None in flops else sum(flops)
     return None
 
 
-def _mean_counts(counts: list[tuple[int, int]]) -> dict[str, float | int | None]:
+def _mean_counts(counts: list[tuple[int, int, int | None]]) -> dict[str, float | int | None]:
     kept, total = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    flops = [c[2] for c in counts]
     return {
         "docs": len(counts),
         "visual_tokens_kept_mean": kept / len(counts) if counts else None,
         "visual_tokens_total_mean": total / len(counts) if counts else None,
         "visual_keep_fraction": kept / total if total else None,
+        "prefill_flops_mean": sum(flops) / len(flops) if flops and None not in flops else None,
     }
 
 
@@ -88,6 +93,7 @@ def point_row(point: Point, results: dict[str, Any], stats: dict[str, Any]) -> d
         TOKENS: overall["visual_tokens_kept_mean"],
         "visual_tokens_total_mean": overall["visual_tokens_total_mean"],
         "visual_keep_fraction": overall["visual_keep_fraction"],
+        "prefill_flops_mean": overall["prefill_flops_mean"],
     }
     for task, task_stats in stats["tasks"].items():
         row[f"{task}/{TOKENS}"] = task_stats["visual_tokens_kept_mean"]
