@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from fopru_eval.core.config import PRUNING_ARGS, PruningConfig
 from fopru_eval.families import Family, Prompt, prune_batch
+from fopru_model_adapters.args import positive_int, torch_dtype
 from fopru_model_adapters.multi_round import MultiRoundMixin
 from fopru_model_adapters.requests import (
     PreparedBatch,
@@ -73,8 +74,8 @@ class FoPruLMM(MultiRoundMixin, lmms):
             accepted = ", ".join((*_init_arguments(type(self)), *PRUNING_ARGS))
             raise ValueError(f"{self.model_name}: unknown model args {unknown}; accepted: {accepted}")
         self.pruning, _ = PruningConfig.from_model_args(kwargs)
-        self.batch_size_per_gpu = _positive_int("batch_size", batch_size)
-        torch_dtype = _torch_dtype(dtype or self.default_dtype)
+        self.batch_size_per_gpu = positive_int("batch_size", batch_size, also=" ('auto' is not supported)")
+        model_dtype = torch_dtype(dtype or self.default_dtype)
         self.use_cache = bool(use_cache)
         self.visual_tokens = VisualTokenLedger()
         self.family_class.check_checkpoint(
@@ -106,7 +107,7 @@ class FoPruLMM(MultiRoundMixin, lmms):
             processor_kwargs=self.processor_kwargs(),
             family_kwargs=self.family_kwargs(),
             revision=revision,
-            dtype=torch_dtype,
+            dtype=model_dtype,
             device_map=device_map,
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
@@ -166,7 +167,7 @@ class FoPruLMM(MultiRoundMixin, lmms):
         return self.tokenizer.decode(tokens)
 
     # lmms-eval's evaluator calls clean() at the end of every evaluation, which deletes the model's modules; a sweep
-    # (fopru_eval/sweep.py) sets keep_loaded so that one loaded model serves all its pruning configs.
+    # (fopru_eval/tools/sweep/run.py) sets keep_loaded so that one loaded model serves all its pruning configs.
     keep_loaded = False
 
     def clean(self) -> None:
@@ -339,16 +340,6 @@ def _count_until_eos(tokens: torch.Tensor, eos_id: int) -> int:
     return int(eos[0, 0]) + 1 if eos.numel() else tokens.numel()
 
 
-def _positive_int(name: str, value: Any) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if number < 1 or str(value).strip() != str(number):
-        raise ValueError(f"{name}={value!r} is not supported; accepted values: integers >= 1 ('auto' is not supported)")
-    return number
-
-
 def _init_arguments(cls: type) -> list[str]:
     """The named arguments of ``cls.__init__`` and of every FoPru class above it, e.g. Qwen's pixel limits."""
     names: list[str] = []
@@ -357,12 +348,3 @@ def _init_arguments(cls: type) -> list[str]:
             params = inspect.signature(klass.__init__).parameters
             names += [name for name in params if name not in ("self", "kwargs", *names)]
     return names
-
-
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-
-
-def _torch_dtype(dtype: str) -> str | torch.dtype:
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not supported; accepted values: {', '.join(DTYPES)}")
-    return dtype if dtype == "auto" else getattr(torch, dtype)

@@ -17,6 +17,7 @@ from PIL import Image
 from qwen_vl_utils.vision_process import to_rgb as qwen_vl_utils_to_rgb
 
 from fopru_eval.families.qwen_vl import QWEN_VL_UTILS_PIXEL_LIMITS, Qwen2_5_VL, Qwen2VL
+from fopru_model_adapters.args import boolean, positive_int
 from fopru_model_adapters.base import FoPruLMM, Prompt
 
 
@@ -44,7 +45,7 @@ class QwenVLFoPru(FoPruLMM):
         lossless_images: bool | str = False,
         **kwargs: Any,
     ) -> None:
-        self.lossless_images = _boolean("lossless_images", lossless_images)
+        self.lossless_images = boolean("lossless_images", lossless_images)
         self.min_pixels = _pixels("min_pixels", min_pixels, self.default_min_pixels)
         self.max_pixels = _pixels("max_pixels", max_pixels, self.default_max_pixels)
         if self.min_pixels > self.max_pixels:
@@ -157,20 +158,5 @@ def jpeg_round_trip(image: Image.Image) -> Image.Image:
         return Image.open(data).convert("RGB")
 
 
-def _boolean(name: str, value: bool | str) -> bool:
-    text = str(value).strip().lower()
-    if text not in ("true", "false", "1", "0"):
-        raise ValueError(f"{name}={value!r} is not supported; accepted values: true, false")
-    return text in ("true", "1")
-
-
 def _pixels(name: str, value: int | str | None, default: int) -> int:
-    if value is None:
-        return default
-    try:
-        number = int(str(value))
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise ValueError(f"{name}={value!r} is not supported; accepted values: integers >= 1")
-    return number
+    return default if value is None else positive_int(name, value)

@@ -176,7 +176,7 @@ class Qwen2VL(QwenVL):
 
     def tower_block_flops(self, frames: int, rows: int, cols: int) -> int:
         vision = self.model.config.vision_config
-        width, heads = vision.embed_dim, vision.num_heads
+        width, heads = self.tower_width, vision.num_heads
         blocks = Blocks(vision.depth, width, heads, heads, width // heads, width * vision.mlp_ratio, gated=False)
         return blocks.flops(frames * rows * cols, frames * (rows * cols) ** 2)
 
@@ -203,7 +203,7 @@ class Qwen2_5_VL(QwenVL):
         """Full attention in the ``fullatt_block_indexes`` blocks, attention within window_size-pixel windows in the
         others; a gated MLP."""
         vision = self.model.config.vision_config
-        width, heads = vision.hidden_size, vision.num_heads
+        width, heads = self.tower_width, vision.num_heads
         blocks = Blocks(vision.depth, width, heads, heads, width // heads, vision.intermediate_size, gated=True)
         full = len(vision.fullatt_block_indexes)
         window = vision.window_size // vision.patch_size

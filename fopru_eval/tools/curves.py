@@ -88,12 +88,12 @@ def write_pngs(curves: list[Curve], directory: Path, model: str | None = None) -
             axes = figure.add_subplot(rows, columns, index + 1)
             # Lines that coincide (methods that score the same) stay visible: each later one is drawn thinner, with
             # smaller markers of another shape, on top of the earlier ones.
-            for index, (strategy, points) in enumerate(curve.lines.items()):
+            for line, (strategy, points) in enumerate(curve.lines.items()):
                 errors = [curve.stderr.get(point, 0.0) for point in points]
                 axes.errorbar(
                     *zip(*points, strict=True), yerr=errors, capsize=3, label=strategy,
-                    marker=MARKERS[index % len(MARKERS)], markersize=max(3.0, 10.0 - 1.2 * index),
-                    linewidth=max(0.8, 2.6 - 0.3 * index),
+                    marker=MARKERS[line % len(MARKERS)], markersize=max(3.0, 10.0 - 1.2 * line),
+                    linewidth=max(0.8, 2.6 - 0.3 * line),
                 )  # fmt: skip
             if curve.reference is not None:
                 tokens, score = curve.reference

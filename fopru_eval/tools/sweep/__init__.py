@@ -1,5 +1,6 @@
 """``fopru-eval sweep``: one loaded model, every pruning config through lmms-eval, one accuracy-versus-tokens curve."""
 
+from fopru_eval.tools.sweep.options import add_arguments, run
 from fopru_eval.tools.sweep.plan import (
     Point,
     SweepError,
@@ -9,7 +10,7 @@ from fopru_eval.tools.sweep.plan import (
     resolve_tasks,
 )
 from fopru_eval.tools.sweep.results import point_row, visual_token_stats, write_point, write_summary
-from fopru_eval.tools.sweep.run import add_arguments, run, run_sweep
+from fopru_eval.tools.sweep.run import run_sweep
 
 __all__ = [
     "Point",
