@@ -20,6 +20,8 @@ def _manifest(model_id: str, module: str, class_name: str) -> ModelManifest:
 MANIFESTS = [
     _manifest("llava_fopru", "llava", "LlavaFoPru"),
     _manifest("llava_next_fopru", "llava_next", "LlavaNextFoPru"),
+    _manifest("llava_onevision_fopru", "llava_onevision", "LlavaOnevisionFoPru"),
     _manifest("qwen2_vl_fopru", "qwen_vl", "Qwen2VLFoPru"),
     _manifest("qwen2_5_vl_fopru", "qwen_vl", "Qwen2_5_VLFoPru"),
+    _manifest("qwen3_vl_fopru", "qwen3_vl", "Qwen3VLFoPru"),
 ]

@@ -56,12 +56,14 @@ def check_every_row_and_figure(result: dict, printed: str, model: str, tokens: i
     compare = result["reference"]
     assert compare["reference"] == reference
     assert "skipped" not in compare, compare.get("skipped")
-    for key in ["ours_end_to_end_s", "reference_end_to_end_s", "ours_vs_reference"]:
+    for key in ["ours_end_to_end_s", "reference_end_to_end_s", "ours_vs_reference", "ours_batched_end_to_end_s"]:
         assert math.isfinite(compare[key]) and compare[key] > 0
-    # strategy=none must answer exactly as lmms-eval's own adapter, sample for sample.
+    # strategy=none must answer exactly as lmms-eval's own adapter, sample for sample, and batching must not change an
+    # answer (the comparison runs a whole batch of 8: more docs than the sweep's 2).
     assert compare["reference_failed"] == 0
-    assert compare["identical_answers"] == compare["samples"] == 2
-    assert f"| {model} strategy=none |" in printed
+    assert compare["identical_answers"] == compare["identical_batched_answers"] == compare["samples"] == 8
+    assert compare["throughput_batch"] == 8
+    assert f"| {model} | 1 |" in printed and f"| {model} | 8 |" in printed
     return rows
 
 
@@ -78,6 +80,8 @@ def test_bench_tiny_reports_every_row_and_column(tmp_path, capsys):
         "warmup": 1,
         "ratios": [1.0, 0.5, 0.25, 0.11],
         "strategies": ["rank", "row"],
+        "throughput_batch": 8,
+        "end_to_end": True,
     }
 
     rows = check_every_row_and_figure(result, printed, "llava_fopru", tokens=36, reference="llava_hf")
@@ -110,16 +114,59 @@ def test_bench_runs_every_family(tmp_path, capsys, model):
     assert "significance_full_tower" not in result
 
 
-def test_full_size_is_refused_on_the_cpu_before_anything_is_built(monkeypatch, capsys):
-    from fopru_eval.tools.bench import models as bench
+def shrink(config, vision: dict, text: dict):
+    """A published config at a few widths, for wiring tests: same image geometry, same depth, tiny matrices."""
+    for name, value in vision.items():
+        setattr(config.vision_config, name, value)
+    for name, value in text.items():
+        setattr(config.text_config, name, value)
+    return config
+
+
+def test_full_size_on_the_cpu_scales_a_slice_of_the_llm_to_its_full_depth(tmp_path, monkeypatch, capsys):
+    """`bench --full-size` on a CPU: the whole tower and one of the LLM's 32 decoder layers (at a few widths here, so
+    it runs in seconds), its prefill scaled to 32 layers, and the scaling checked against a 2-layer build."""
+    from fopru_eval.tools.bench import models
+    from fopru_eval.tools.checkpoints.full_size import full_size_config
     from fopru_eval.tools.cli import main
 
-    def explode(*args, **kwargs):
-        raise AssertionError("a full-size checkpoint was built")
+    text = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_key_value_heads": 2}
+    built = []
 
-    monkeypatch.setattr(bench, "save_random_full_size", explode)
-    assert main(["bench", "--model", "qwen2_vl_fopru", "--size", "full", "--device", "cpu"]) == 2
-    assert "--size full needs --device cuda" in capsys.readouterr().err
+    def shrunk(family, llm_layers=None):
+        built.append(llm_layers)
+        return shrink(full_size_config(family, llm_layers), SHRUNK_TOWERS["llava_fopru"], text)
+
+    monkeypatch.setattr(models, "full_size_config", shrunk)
+    output = tmp_path / "bench.json"
+    argv = ["bench", "--model", "llava_fopru", "--full-size", "--device", "cpu", "--llm-layers", "1", "--samples", "1",
+            "--repeats", "1", "--warmup", "0", "--max-new-tokens", "1", "--strategies", "rank"]  # fmt: skip
+    assert main([*argv, "--output", str(output)]) == 0
+    result, printed = json.loads(output.read_text()), capsys.readouterr().out
+    assert (result["model"]["text_layers"], result["model"]["llm_layers_full"]) == (1, 32)
+    assert 1 in built and 2 in built  # the slice, and the deeper build of the check
+    rows = {row["config"]: row for row in result["sweep"]}
+    # Peers' budgets: 192, 128 and 64 of LLaVA-1.5's 576 tokens.
+    assert [row["visual_tokens_kept"] for row in rows.values()] == [576, 192, 128, 64]
+    for row in rows.values():
+        assert row["full_prefill_s"] == pytest.approx(row["prefill_s"] + 31 * row["llm_layers_s"])
+        # Whole generations are not timed at full size on a CPU: reported as unknown, never as a made-up time.
+        assert row["end_to_end_s"] is row["decode_per_token_s"] is row["end_to_end_vs_ideal"] is None
+        assert 0 < row["llm_layers_s"] < row["llm_prefill_s"]
+    flops = [row["flops_vs_none"] for row in rows.values()]
+    assert flops[0] == 1 and flops == sorted(flops, reverse=True) and flops[-1] < 1
+    check = result["depth_check"]
+    assert (check["slice_layers"], check["deeper_layers"]) == (1, 2)
+    assert math.isfinite(check["measured_vs_predicted"]) and check["measured_vs_predicted"] > 0
+    assert "reference" not in result and "significance_full_tower" not in result  # its own tower is the published one
+    assert "At full depth: only 1 of the LLM's 32 decoder layers were built" in printed and "Scaling check" in printed
+
+
+def test_llm_layers_without_full_size_is_refused_before_anything_is_built(capsys):
+    from fopru_eval.tools.cli import main
+
+    assert main(["bench", "--model", "qwen2_vl_fopru", "--llm-layers", "2"]) == 2
+    assert "--llm-layers needs --size full (got --size mid)" in capsys.readouterr().err
 
 
 # Shrunk stand-ins for the published configs, so the measurement's wiring runs in seconds: the tower class, the block
@@ -144,10 +191,7 @@ def test_significance_cost_on_the_published_tower_runs_its_capture(monkeypatch, 
     from fopru_eval.tools.checkpoints.full_size import full_size_config
 
     def shrunk(family):
-        config = full_size_config(family)
-        for name, value in SHRUNK_TOWERS[model].items():
-            setattr(config.vision_config, name, value)
-        return config
+        return shrink(full_size_config(family), SHRUNK_TOWERS[model], {})
 
     monkeypatch.setattr(runs, "full_size_config", shrunk)
     family = bench.FAMILIES[model]

@@ -36,10 +36,19 @@ def decoder(hidden: int, layers: int, heads: int, kv_heads: int, mlp: int, vocab
     return 2 * vocab * hidden + layers * layer + hidden
 
 
+LLAVA_PROJECTOR = linear(1024, 4096) + linear(4096, 4096)
+
+
 def llava_1_5_7b() -> int:
-    projector = linear(1024, 4096) + linear(4096, 4096)
     vicuna_7b = decoder(4096, 32, 32, 32, 11008, 32064, qkv_bias=False)
-    return clip_vit_l_336() + projector + vicuna_7b
+    return clip_vit_l_336() + LLAVA_PROJECTOR + vicuna_7b
+
+
+def llava_v1_6_mistral_7b() -> int:
+    """The same tower and projector, Mistral-7B (8 key-value heads, MLP 14336), and one learned image_newline vector
+    of the LLM's width."""
+    mistral_7b = decoder(4096, 32, 32, 8, 14336, 32064, qkv_bias=False)
+    return clip_vit_l_336() + LLAVA_PROJECTOR + mistral_7b + 4096
 
 
 def qwen_vl_7b(qwen2_5: bool) -> int:
@@ -61,12 +70,12 @@ def qwen_vl_7b(qwen2_5: bool) -> int:
 
 HAND_COUNTS = {
     "llava": llava_1_5_7b(),
-    "llava_next": llava_1_5_7b() + 4096,  # LLaVA-NeXT adds one learned image_newline vector of the LLM's width
+    "llava_next": llava_v1_6_mistral_7b(),
     "qwen2_vl": qwen_vl_7b(qwen2_5=False),
     "qwen2_5_vl": qwen_vl_7b(qwen2_5=True),
 }
 # Exact totals of the hub checkpoints (parameter counts, and safetensors total_size / 2 bytes of bf16 or fp16). No
-# exact total was found for llava-v1.6-vicuna-7b-hf, only a rounded ~7.06B, so it rests on the hand formula alone.
+# exact total was at hand for llava-v1.6-mistral-7b-hf, only a rounded 7.57B, so it rests on the hand formula alone.
 PUBLISHED_COUNTS = {
     "llava": 7_063_427_072,
     "qwen2_vl": 8_291_375_616,
@@ -85,8 +94,8 @@ def test_full_size_model_has_the_published_parameter_count(family: str) -> None:
     with torch.device("meta"):
         model = MODEL_CLASSES[family](config)
     assert sum(p.numel() for p in model.parameters()) == HAND_COUNTS[family]
-    # Rounded, the figures quoted for the checkpoints (the only published one for llava-v1.6-vicuna-7b-hf).
-    assert round(HAND_COUNTS[family] / 1e9, 2) == (7.06 if family.startswith("llava") else 8.29)
+    # Rounded, the figures quoted for the checkpoints (the only published one for llava-v1.6-mistral-7b-hf).
+    assert round(HAND_COUNTS[family] / 1e9, 2) == {"llava": 7.06, "llava_next": 7.57}.get(family, 8.29)
 
 
 # ----- the save path, on the CPU with shrunk configs ---------------------------------------------------------------

@@ -9,8 +9,10 @@ that run is what selection needs to know:
                    scored, selected or counted as visual tokens
 
 A single-view image (LLaVA-1.5, Qwen-VL) is ``ImageLayout.single(grid)``. LLaVA-NeXT's anyres image is two views, the
-base view and the unpadded crop mosaic (``anyres_layout``), and a crop's tokens are scored by the attention inside
-that crop.
+base view and the unpadded crop mosaic (``AnyresLayout.from_sources``), and a crop's tokens are scored by the attention
+inside that crop. LLaVA-OneVision may also shrink the mosaic by bilinear interpolation, so a packed token can blend
+several tower tokens: its significance is packed alongside the features, and each token's source is its own packed
+position (``AnyresLayout.from_markers``).
 
 Marker rule. A row's marker stays exactly when the row keeps at least one visual token, so the LLM still sees where
 each surviving row ends, and a fully pruned row leaves no trace. Hence ``none`` keeps every marker, ``row`` keeps the
@@ -90,8 +92,8 @@ class ImageLayout:
 
 
 class AnyresLayout(ImageLayout):
-    """LLaVA-NeXT's packed image: the base view (h x w, no newlines), then the unpadded crop mosaic (R rows of C
-    tokens, each row followed by one ``image_newline``).
+    """LLaVA-NeXT's and LLaVA-OneVision's packed image: the base view (h x w, no newlines), then the unpadded (and, in
+    OneVision, perhaps interpolated) crop mosaic (R rows of C tokens, each row followed by one ``image_newline``).
 
     On very wide or tall images unpadding can leave the mosaic 0 rows high (nothing follows the base view) or 0 tokens
     wide (R newlines and nothing else); the model still answers, so the layout is then the base view alone, plus those
@@ -109,17 +111,37 @@ class AnyresLayout(ImageLayout):
         sources = sources.long().cpu()
         if not torch.equal(sources[:base_tokens], torch.arange(base_tokens)):
             raise ValueError(f"the packed sequence does not start with the {base_grid} base view in raster order")
+        return cls._read(sources == NEWLINE, sources, base_grid)
+
+    @classmethod
+    def from_markers(cls, markers: torch.Tensor, base_grid: tuple[int, int]) -> AnyresLayout:
+        """Read the layout from ``markers`` (True for each packed newline), for an image whose significance is packed
+        like its features: every token's source is its own packed position.
+
+        The first ``h * w`` packed tokens must be the base view's; the rest must be rows of equal length, each ended by
+        exactly one newline (or newlines alone).
+        """
+        markers = markers.bool().cpu()
+        base_tokens = base_grid[0] * base_grid[1]
+        if markers.numel() < base_tokens or bool(markers[:base_tokens].any()):
+            raise ValueError(f"the packed sequence does not start with the {base_grid} base view")
+        return cls._read(markers, torch.arange(markers.numel()), base_grid)
+
+    @classmethod
+    def _read(cls, markers: torch.Tensor, sources: torch.Tensor, base_grid: tuple[int, int]) -> AnyresLayout:
+        """The base view, then the mosaic's rows read off the newline ``markers``; ``sources`` per packed token."""
+        base_tokens = base_grid[0] * base_grid[1]
         base = View(base_grid, torch.arange(base_tokens), sources[:base_tokens])
-        rest = sources[base_tokens:]
-        if bool((rest == NEWLINE).all()):  # a mosaic of no tokens: 0 rows, or rows 0 tokens wide
+        rest, rest_markers = sources[base_tokens:], markers[base_tokens:]
+        if bool(rest_markers.all()):  # a mosaic of no tokens: 0 rows, or rows 0 tokens wide
             return cls((base,), fixed_markers=base_tokens + torch.arange(rest.numel()))
-        rows = int((rest == NEWLINE).sum())
+        rows = int(rest_markers.sum())
         if rows == 0 or rest.numel() % rows:
             raise ValueError(
                 f"the mosaic of {rest.numel()} packed tokens is not rows of tokens, each ending in a newline"
             )
-        by_row = rest.view(rows, -1)
-        if not bool((by_row[:, -1] == NEWLINE).all()):
+        by_row, markers_by_row = rest.view(rows, -1), rest_markers.view(rows, -1)
+        if not bool(markers_by_row[:, -1].all()):
             raise ValueError("the mosaic's newlines do not end its rows")
         cols = by_row.shape[1] - 1
         row_starts = base_tokens + torch.arange(rows).unsqueeze(1) * (cols + 1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import zlib
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -50,6 +50,9 @@ class EncodedImages:
     layouts: list[ImageLayout]
     # Per image: its flattened significance, indexed by its views' ``sources``; None when the strategy needs none.
     scores: list[torch.Tensor] | None
+    # Per image: further features of the same packed tokens that the LLM also reads (Qwen3-VL's DeepStack features,
+    # one tensor per injected layer), kept at the same positions as ``features``; empty for most families.
+    extra_features: list[list[torch.Tensor]] = field(default_factory=list)
 
 
 @dataclass
@@ -89,15 +92,20 @@ class Family:
         every patch, whatever pruning keeps (it comes after them)."""
         raise NotImplementedError
 
-    def llm_flops(self, tokens: int) -> int:
-        """The LLM's prefill FLOPs over ``tokens`` tokens (Llama-style blocks: gated MLP, grouped-query attention)."""
+    def llm_flops(self, tokens: int, layers: int | None = None) -> int:
+        """The LLM's prefill FLOPs over ``tokens`` tokens (Llama-style blocks: gated MLP, grouped-query attention),
+        with ``layers`` decoder layers instead of the loaded model's (a benchmark's slice of a deeper LLM)."""
         text = self.model.config.text_config
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         blocks = Blocks(
-            text.num_hidden_layers, text.hidden_size, text.num_attention_heads, text.num_key_value_heads, head_dim,
-            text.intermediate_size, gated=True,
+            layers or text.num_hidden_layers, text.hidden_size, text.num_attention_heads, text.num_key_value_heads,
+            head_dim, text.intermediate_size, gated=True,
         )  # fmt: skip
         return llm_prefill_flops(blocks, text.vocab_size, tokens)
+
+    def decoder_layers(self) -> torch.nn.ModuleList:
+        """The LLM's decoder layers, all of one shape (a benchmark times them to scale a slice of the LLM up)."""
+        return self.model.model.language_model.layers
 
     # ----- loading -------------------------------------------------------------------------------------------------
 
@@ -178,6 +186,18 @@ class Family:
         """``position_ids`` for the left-padded pruned batch, or None to let the model number the tokens itself."""
         return None
 
+    def extra_features(self, output: Any) -> list[list[torch.Tensor]]:
+        """Per image, the further features (``EncodedImages.extra_features``) in the output of the model's
+        ``get_image_features``; none for most families."""
+        return []
+
+    def encoder_outputs(
+        self, features: list[torch.Tensor], extra_features: list[list[torch.Tensor]]
+    ) -> BaseModelOutputWithPooling:
+        """The kept features of a batch's images as the model takes them in ``mm_encoder_outputs["image"]``;
+        ``extra_features`` per image as in ``EncodedImages``."""
+        return BaseModelOutputWithPooling(pooler_output=features)
+
     # ----- shared by the families ----------------------------------------------------------------------------------
 
     def run_tower(self, forward: Any, scorer: Scorer | None) -> tuple[Any, list[torch.Tensor] | None]:
@@ -208,9 +228,12 @@ class Family:
         images = [self.prepare_image(image) for p in prompts for image in p.images]
         encoded = self.processor.image_processor(images, return_tensors="pt")
         names = [name for name in ("image_sizes", "image_grid_thw") if name in encoded]
-        features = self.model.get_image_features(**self.tower_inputs(encoded, *names)).pooler_output
-        kept = [image[:count] for image, count in zip(features, image_tokens, strict=True)]
-        inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=kept)}
+        output = self.model.get_image_features(**self.tower_inputs(encoded, *names))
+        kept = [image[:count] for image, count in zip(output.pooler_output, image_tokens, strict=True)]
+        extra = self.extra_features(output)
+        if extra:  # the same first tokens of every further stream
+            extra = [[stream[:count] for stream in image] for image, count in zip(extra, image_tokens, strict=True)]
+        inputs["mm_encoder_outputs"] = {"image": self.encoder_outputs(kept, extra)}
         return inputs
 
 
@@ -233,6 +256,7 @@ def prune_batch(
     vision = family.encode_images(encoded, config.scorer if config.needs_scores else None) if images else None
 
     kept_features: list[torch.Tensor] = []
+    kept_extra_features: list[list[torch.Tensor]] = []
     kept_positions: list[torch.Tensor] = []
     counts: dict[str, list[int]] = {
         name: [] for name in ("kept", "total", "markers_kept", "markers_total", "prefill_flops")
@@ -246,7 +270,10 @@ def prune_batch(
             layout = vision.layouts[image_index]
             scores = vision.scores[image_index] if vision.scores is not None else None
             positions, image_markers = keep_image(config, layout, scores, prompt.doc_key, local_index)
-            kept_features.append(vision.features[image_index][positions.to(vision.features[image_index].device)])
+            on_device = positions.to(vision.features[image_index].device)
+            kept_features.append(vision.features[image_index][on_device])
+            if vision.extra_features:
+                kept_extra_features.append([stream[on_device] for stream in vision.extra_features[image_index]])
             kept.append(positions)
             layouts.append(layout)
             markers += image_markers
@@ -268,7 +295,7 @@ def prune_batch(
         inputs["position_ids"] = position_ids
     inputs = {name: tensor.to(family.device) for name, tensor in inputs.items()}
     if kept_features:
-        inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=kept_features)}
+        inputs["mm_encoder_outputs"] = {"image": family.encoder_outputs(kept_features, kept_extra_features)}
     return PrunedBatch(
         inputs=inputs,
         visual_tokens_kept=counts["kept"],

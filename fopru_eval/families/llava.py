@@ -24,8 +24,12 @@ from fopru_eval.families.base import EncodedImages, Family
 from fopru_eval.families.hooks import SignificanceCapture
 
 # Vision towers whose attention layers we can read, with their prefix (non-patch) tokens and the
-# vision_feature_select_strategy that drops exactly those: adding a tower type is one entry here.
-TOWERS = {"clip_vision_model": {"name": "CLIP", "prefix_tokens": 1, "feature_select": "default"}}
+# vision_feature_select_strategy that drops exactly those: adding a tower type is one entry here. SigLIP has no CLS
+# token, so its LLaVAs (OneVision) feed every token ("full").
+TOWERS = {
+    "clip_vision_model": {"name": "CLIP", "prefix_tokens": 1, "feature_select": "default"},
+    "siglip_vision_model": {"name": "SigLIP", "prefix_tokens": 0, "feature_select": "full"},
+}
 
 
 class Llava(Family):
@@ -35,15 +39,18 @@ class Llava(Family):
     example_checkpoint = "llava-hf/llava-1.5-7b-hf"
     # The tower class LLaVA builds for a CLIP vision config, for measuring a tower on its own.
     tower_class: ClassVar[type[PreTrainedModel]] = CLIPVisionModel
+    # The ``TOWERS`` this family's checkpoints come with.
+    towers: ClassVar[tuple[str, ...]] = ("clip_vision_model",)
 
     @classmethod
     def check_config(cls, config: PretrainedConfig, checkpoint: str, who: str) -> None:
-        tower = TOWERS.get(config.vision_config.model_type)
+        tower_type = config.vision_config.model_type
+        tower = TOWERS[tower_type] if tower_type in cls.towers else None
         if tower is None:
-            names = ", ".join(t["name"] for t in TOWERS.values())
+            names = ", ".join(TOWERS[t]["name"] for t in cls.towers)
             raise ValueError(
                 f"{checkpoint} has a {config.vision_config.model_type!r} vision tower; {who} supports {names} vision "
-                f"towers ({', '.join(TOWERS)})"
+                f"towers ({', '.join(cls.towers)})"
             )
         if config.vision_feature_select_strategy != tower["feature_select"]:
             raise ValueError(

@@ -72,5 +72,11 @@ class LlavaNext(Llava):
         layouts = [self.layout(size) for size in image_sizes]
         if scores is not None:
             views = [self.num_views(size) for size in image_sizes]
-            scores = [image.flatten() for image in torch.stack(scores).split(views)]
+            split = torch.stack(scores).split(views)
+            scores = [self.image_scores(image, size) for image, size in zip(split, image_sizes, strict=True)]
         return EncodedImages(list(output.pooler_output), layouts, scores)
+
+    def image_scores(self, view_scores: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
+        """One image's significance, indexed by its layout's sources, from its (views, tokens) per-view scores: here
+        the tower token numbers, so the scores flattened."""
+        return view_scores.flatten()

@@ -104,7 +104,7 @@ class QwenVL(Family):
 
     @classmethod
     def random_tower_inputs(cls, config: PretrainedConfig, images: int, generator: torch.Generator) -> dict[str, Any]:
-        """``images`` 448 x 448 images: 32 x 32 patches each."""
+        """``images`` images of 32 x 32 patches each (448 x 448 pixels at 14-pixel patches, 512 x 512 at 16)."""
         vision = config.vision_config
         patch = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
         return {
@@ -136,7 +136,7 @@ class QwenVL(Family):
             scores = undo_window_order(scores, order)
         grids = encoded["image_grid_thw"].tolist()  # an image is one frame: t = 1
         layouts = [ImageLayout.single((h // self.merge_size, w // self.merge_size)) for _, h, w in grids]
-        return EncodedImages(list(output.pooler_output), layouts, scores)
+        return EncodedImages(list(output.pooler_output), layouts, scores, self.extra_features(output))
 
     # ----- positions -----------------------------------------------------------------------------------------------
 

@@ -128,3 +128,38 @@ def capture_overhead(
         "tower_with_significance_s": with_s,
         "overhead": (with_s - without_s) / without_s,
     }
+
+
+class LayerTimer:
+    """Seconds spent inside some modules (an LLM's decoder layers) while active, from forward hooks on each.
+
+    On CUDA each hook waits for queued kernels, which slows the pass a little; the benchmark times layers this way only
+    to scale a slice of an LLM up to its full depth, which is a CPU measurement.
+    """
+
+    def __init__(self, modules: torch.nn.ModuleList, device: torch.device) -> None:
+        self.modules, self.device = modules, device
+        self.seconds = 0.0
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def __enter__(self) -> LayerTimer:
+        self.seconds, starts = 0.0, []
+
+        def start(*_: Any) -> None:
+            starts.append(self._now())
+
+        def stop(*_: Any) -> None:
+            self.seconds += self._now() - starts.pop()
+
+        self.handles = [
+            h for m in self.modules for h in (m.register_forward_pre_hook(start), m.register_forward_hook(stop))
+        ]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for handle in self.handles:
+            handle.remove()

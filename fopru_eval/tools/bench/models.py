@@ -10,9 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from fopru_eval.families import Family
-from fopru_eval.tools.checkpoints.full_size import save_random_full_size
+from fopru_eval.tools.checkpoints.full_size import full_size_config, save_random_full_size
 from fopru_eval.tools.checkpoints.llava import MID, TINY, save_random_llava
 from fopru_eval.tools.checkpoints.llava_next import save_random_llava_next
+from fopru_eval.tools.checkpoints.llava_onevision import save_random_llava_onevision
+from fopru_eval.tools.checkpoints.qwen3_vl import MID as QWEN3_MID
+from fopru_eval.tools.checkpoints.qwen3_vl import TINY as QWEN3_TINY
+from fopru_eval.tools.checkpoints.qwen3_vl import save_random_qwen3_vl
 from fopru_eval.tools.checkpoints.qwen_vl import TINY as QWEN_TINY
 from fopru_eval.tools.checkpoints.qwen_vl import QwenVLSize, save_random_qwen_vl
 
@@ -32,6 +36,9 @@ QWEN_PIXELS = {
     "mid": {"min_pixels": 256 * 28 * 28, "max_pixels": 1605632},
     "full": {"min_pixels": 256 * 28 * 28, "max_pixels": 1605632},
 }
+# Qwen3-VL's factor is 32 pixels: tiny keeps 336 x 336 images at 128 x 128 (8 x 8 patches of 16, 16 visual tokens),
+# mid upscales them to 448 x 448 (196 visual tokens). (lmms-eval's chat qwen3_vl ignores both for images.)
+QWEN3_PIXELS = {"tiny": {"min_pixels": 4096, "max_pixels": 16384}, "mid": QWEN_PIXELS["mid"]}
 # "full": the published 7B architecture of the family (checkpoints/full_size.py), random bf16 weights, on a GPU only.
 SIZES = ("tiny", "mid", "full")
 
@@ -66,11 +73,17 @@ class BenchModel:
         """The family's name in ``checkpoints/full_size.py``: its model_type."""
         return self.family.model_type
 
-    def save_checkpoint(self, size: str, directory: str, device: str) -> Path:
-        """A random checkpoint at ``size`` saved in ``directory``; the full size is built on ``device``."""
+    def save_checkpoint(self, size: str, directory: str, device: str, llm_layers: int | None = None) -> Path:
+        """A random checkpoint at ``size`` saved in ``directory``; the full size is built on ``device``, with only
+        ``llm_layers`` of its LLM's decoder layers if given."""
         if size == "full":
-            return save_random_full_size(directory, self.full_size, device=device)
+            config = full_size_config(self.full_size, llm_layers)
+            return save_random_full_size(directory, self.full_size, device=device, config=config)
         return self.save(directory, size=self.sizes[size])
+
+    def full_llm_layers(self) -> int:
+        """The decoder layers of the published LLM."""
+        return full_size_config(self.full_size).text_config.num_hidden_layers
 
 
 FAMILIES = {
@@ -82,6 +95,11 @@ FAMILIES = {
         "llava_next_fopru", save_random_llava_next, {"tiny": TINY, "mid": MID}, "llava_hf",
         "CLIP ViT-L/14-336, 24 x 1024",
     ),
+    # SigLIP views as large as LLaVA-1.5's at mid (336 px, 24 x 24 patches); no published-size config yet ("full").
+    "llava_onevision_fopru": BenchModel(
+        "llava_onevision_fopru", save_random_llava_onevision, {"tiny": TINY, "mid": MID}, "llava_hf",
+        "SigLIP so400m/14-384, 26 x 1152",
+    ),
     "qwen2_vl_fopru": BenchModel(
         "qwen2_vl_fopru", partial(save_random_qwen_vl, family="qwen2_vl"), {"tiny": QWEN_TINY, "mid": QWEN_MID},
         "qwen2_vl", "Qwen2-VL-7B's, 32 x 1280", adapter_args=QWEN_PIXELS,
@@ -89,5 +107,9 @@ FAMILIES = {
     "qwen2_5_vl_fopru": BenchModel(
         "qwen2_5_vl_fopru", partial(save_random_qwen_vl, family="qwen2_5_vl"), {"tiny": QWEN_TINY, "mid": QWEN_MID},
         "qwen2_5_vl", "Qwen2.5-VL-7B's, 32 x 1280, full attention in 4 blocks", adapter_args=QWEN_PIXELS,
+    ),
+    "qwen3_vl_fopru": BenchModel(
+        "qwen3_vl_fopru", save_random_qwen3_vl, {"tiny": QWEN3_TINY, "mid": QWEN3_MID}, "qwen3_vl",
+        "Qwen3-VL-8B's, 27 x 1152, DeepStack from 3 blocks", adapter_args=QWEN3_PIXELS,
     ),
 }  # fmt: skip

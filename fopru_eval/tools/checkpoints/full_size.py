@@ -1,6 +1,6 @@
 """Random-weight checkpoints of the real 7B architectures, built offline from configs, for GPU benchmarks.
 
-The configs below write out the published architectures of llava-hf/llava-1.5-7b-hf, llava-hf/llava-v1.6-vicuna-7b-hf,
+The configs below write out the published architectures of llava-hf/llava-1.5-7b-hf, llava-hf/llava-v1.6-mistral-7b-hf,
 Qwen/Qwen2-VL-7B-Instruct and Qwen/Qwen2.5-VL-7B-Instruct, so nothing comes from the hub. The weights are random, so
 answers mean nothing; what matters is that every layer has the real shape, so that times and memory are those of the
 real models.
@@ -24,6 +24,7 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaNextConfig,
+    MistralConfig,
     PreTrainedConfig,
     PreTrainedModel,
     ProcessorMixin,
@@ -60,7 +61,7 @@ def _check_family(family: str) -> None:
 
 
 def _llava_config(family: str) -> LlavaConfig | LlavaNextConfig:
-    """LLaVA-1.5-7B or LLaVA-NeXT (v1.6) Vicuna-7B: the same CLIP tower, 2-layer GELU projector and Llama-7B."""
+    """LLaVA-1.5-7B (Vicuna-7B) or LLaVA-NeXT (v1.6) Mistral-7B: the same CLIP tower and 2-layer GELU projector."""
     tokenizer = random_llava.build_tokenizer(TOKENIZER_VOCAB)
     vision_config = CLIPVisionConfig(
         hidden_size=1024,
@@ -71,20 +72,23 @@ def _llava_config(family: str) -> LlavaConfig | LlavaNextConfig:
         patch_size=CLIP_PATCH_SIZE,
         projection_dim=768,
     )
-    # Vicuna-7B v1.5 (Llama-2-7B); its 32000 tokens plus <image> and <pad>, padded to a multiple of 64 by llava-hf.
-    text_config = LlamaConfig(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        vocab_size=32064,
-        rms_norm_eps=1e-5,
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    special_ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    # Both vocabularies are 32000 tokens plus <image> and <pad>, padded to a multiple of 64 by llava-hf.
+    if family == "llava":  # Vicuna-7B v1.5 (Llama-2-7B)
+        text_config = LlamaConfig(
+            hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+            num_key_value_heads=32, vocab_size=32064, rms_norm_eps=1e-5, max_position_embeddings=4096, **special_ids,
+        )  # fmt: skip
+    else:  # Mistral-7B-Instruct v0.2: grouped-query attention (8 key-value heads), no sliding window
+        text_config = MistralConfig(
+            hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+            num_key_value_heads=8, vocab_size=32064, rms_norm_eps=1e-5, max_position_embeddings=32768,
+            sliding_window=None, rope_parameters={"rope_type": "default", "rope_theta": 1e6}, **special_ids,
+        )  # fmt: skip
     shared = {
         "vision_config": vision_config,
         "text_config": text_config,
@@ -158,17 +162,23 @@ def _qwen_vl_config(family: str) -> Qwen2VLConfig | Qwen2_5_VLConfig:
     )
 
 
-def full_size_config(family: str) -> PreTrainedConfig:
+def full_size_config(family: str, llm_layers: int | None = None) -> PreTrainedConfig:
     """The published architecture of ``family``'s 7B checkpoint, with the offline tokenizer's special-token ids.
 
     ``family`` is one of ``FAMILIES``: "llava" (llava-hf/llava-1.5-7b-hf), "llava_next"
-    (llava-hf/llava-v1.6-vicuna-7b-hf), "qwen2_vl" (Qwen/Qwen2-VL-7B-Instruct) or "qwen2_5_vl"
-    (Qwen/Qwen2.5-VL-7B-Instruct).
+    (llava-hf/llava-v1.6-mistral-7b-hf), "qwen2_vl" (Qwen/Qwen2-VL-7B-Instruct) or "qwen2_5_vl"
+    (Qwen/Qwen2.5-VL-7B-Instruct). ``llm_layers`` keeps only that many of the LLM's decoder layers (all identical):
+    the whole vision tower with a slice of the LLM, for measuring on a machine that cannot hold or run the whole.
     """
     _check_family(family)
-    if family in ("llava", "llava_next"):
-        return _llava_config(family)
-    return _qwen_vl_config(family)
+    config = _llava_config(family) if family in ("llava", "llava_next") else _qwen_vl_config(family)
+    if llm_layers is not None:
+        if not 1 <= llm_layers <= config.text_config.num_hidden_layers:
+            raise ValueError(f"llm_layers={llm_layers} is not in 1..{config.text_config.num_hidden_layers}")
+        config.text_config.num_hidden_layers = llm_layers
+        if getattr(config.text_config, "layer_types", None):
+            config.text_config.layer_types = config.text_config.layer_types[:llm_layers]
+    return config
 
 
 # ----- checkpoints ----------------------------------------------------------------------------------------------------
