@@ -30,6 +30,7 @@ from fopru_model_adapters.args import positive_int, torch_dtype
 from fopru_model_adapters.multi_round import MultiRoundMixin
 from fopru_model_adapters.requests import (
     PreparedBatch,
+    VideoReader,
     VisualTokenLedger,
     prompt_from_messages,
     prompt_from_visuals,
@@ -186,10 +187,17 @@ class FoPruLMM(MultiRoundMixin, lmms):
 
     def _prompt_from_visuals(self, ctx: str, doc_to_visual: Any, doc_id: int, task: str, split: str) -> Prompt:
         visuals = doc_to_visual(self._doc(task, split, doc_id)) if doc_to_visual is not None else []
-        return self._as_sent(prompt_from_visuals(ctx, visuals or [], self.model_name, task, split, doc_id))
+        prompt = prompt_from_visuals(ctx, visuals or [], self.model_name, task, split, doc_id, self.video_reader())
+        return self._as_sent(prompt)
 
     def _prompt_from_messages(self, messages: Any, doc_id: int, task: str, split: str) -> Prompt:
-        return self._as_sent(prompt_from_messages(messages, self.model_name, task, split, doc_id))
+        prompt = prompt_from_messages(messages, self.model_name, task, split, doc_id, self.video_reader())
+        return self._as_sent(prompt)
+
+    def video_reader(self) -> VideoReader | None:
+        """How a video path becomes frames, as lmms-eval's own adapter for the family reads it; None where this
+        adapter reads no videos (they are refused, naming it)."""
+        return None
 
     def _as_sent(self, prompt: Prompt) -> Prompt:
         prompt.images[:] = [self.image_as_sent(image) for image in prompt.images]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,21 +125,43 @@ def add_counts(total: TokenCounts | None, counts: TokenCounts | None) -> TokenCo
 # ----- requests -> prompts -------------------------------------------------------------------------------------------
 
 
-def prompt_from_visuals(ctx: str, visuals: list[Any], model_name: str, task: str, split: str, doc_id: int) -> Prompt:
-    """A simple-model request: the user turn built the way lmms-eval's chat tasks build it (images, then the text)."""
-    images = as_images(visuals, model_name, task, doc_id)
-    content = [{"type": "image", "url": image} for image in images] + [{"type": "text", "text": ctx}]
-    return Prompt([{"role": "user", "content": content}], images, f"{task}/{split}/{doc_id}")
+# Reads one video file into the stack of frames a family's processor takes, as lmms-eval's adapter for the family reads
+# it; None where the adapter reads no videos.
+VideoReader = Callable[[str], Any]
 
 
-def prompt_from_messages(messages: Any, model_name: str, task: str, split: str, doc_id: int) -> Prompt:
+def prompt_from_visuals(
+    ctx: str,
+    visuals: list[Any],
+    model_name: str,
+    task: str,
+    split: str,
+    doc_id: int,
+    read_video: VideoReader | None = None,
+) -> Prompt:
+    """A simple-model request: the user turn built the way lmms-eval's chat tasks build it (videos, images, then the
+    text). lmms-eval's video tasks give each video as a file path; without ``read_video`` a path is refused as any
+    visual that is not an image."""
+    reads_videos = read_video is not None
+    videos = [read_video(visual) for visual in visuals if reads_videos and isinstance(visual, str)]
+    others = [visual for visual in visuals if not (reads_videos and isinstance(visual, str))]
+    images = as_images(others, model_name, task, doc_id)
+    content = [{"type": "video"} for _ in videos] + [{"type": "image", "url": image} for image in images]
+    content.append({"type": "text", "text": ctx})
+    return Prompt([{"role": "user", "content": content}], images, f"{task}/{split}/{doc_id}", videos=videos)
+
+
+def prompt_from_messages(
+    messages: Any, model_name: str, task: str, split: str, doc_id: int, read_video: VideoReader | None = None
+) -> Prompt:
     """A chat-model request: lmms-eval's messages, validated by its own protocol class."""
     chat = ChatMessages(messages=messages)
     images, videos, audios = chat.extract_media()
-    if videos or audios:
+    if audios or (videos and read_video is None):
         raise ValueError(f"{model_name}: {task} doc {doc_id} has video or audio input; only images are supported")
+    videos = [read_video(video) for video in videos]
     images = as_images(images, model_name, task, doc_id)
-    return Prompt(chat.model_dump()["messages"], images, f"{task}/{split}/{doc_id}")
+    return Prompt(chat.model_dump()["messages"], images, f"{task}/{split}/{doc_id}", videos=videos)
 
 
 def as_images(visuals: list[Any], model_name: str, task: str, doc_id: int) -> list[Image.Image]:
@@ -159,4 +182,4 @@ def prompt_size(prompt: Prompt) -> int:
         content = message.get("content", [])
         parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
         text += sum(len(part.get("text", "")) for part in parts)
-    return text + 10_000 * len(prompt.images)
+    return text + 10_000 * (len(prompt.images) + len(prompt.videos))

@@ -61,8 +61,13 @@ def check_every_row_and_figure(result: dict, printed: str, model: str, tokens: i
     # strategy=none must answer exactly as lmms-eval's own adapter, sample for sample, and batching must not change an
     # answer (the comparison runs a whole batch of 8: more docs than the sweep's 2).
     assert compare["reference_failed"] == 0
-    assert compare["identical_answers"] == compare["identical_batched_answers"] == compare["samples"] == 8
+    assert compare["identical_answers"] == compare["samples"] == 8
     assert compare["throughput_batch"] == 8
+    # In float32 padding changes no answer (the family tests check batch 8 == batch 1 exactly); in bfloat16 (the Qwen
+    # defaults) a padded batch rounds differently, so there the count is the finding, not a test.
+    if result["model"]["dtype"] == "float32":
+        assert compare["identical_batched_answers"] == 8
+    assert 0 <= compare["identical_batched_answers"] <= 8
     assert f"| {model} | 1 |" in printed and f"| {model} | 8 |" in printed
     return rows
 
@@ -98,6 +103,10 @@ FAMILIES = {
     "llava_next_fopru": (180, "llava_hf"),
     "qwen2_vl_fopru": (16, "qwen2_vl"),
     "qwen2_5_vl_fopru": (16, "qwen2_5_vl"),
+    # The base view's 36 and the mosaic of 6 x 6 crops, unpadded and interpolated down (anyres_max_9) to 18 x 18.
+    "llava_onevision_fopru": (360, "llava_hf"),
+    # lmms-eval's chat qwen3_vl applies qwen-vl-utils' own pixel limits to images: 320 x 320, 10 x 10 merged tokens.
+    "qwen3_vl_fopru": (100, "qwen3_vl"),
 }
 
 
@@ -167,6 +176,8 @@ def test_llm_layers_without_full_size_is_refused_before_anything_is_built(capsys
 
     assert main(["bench", "--model", "qwen2_vl_fopru", "--llm-layers", "2"]) == 2
     assert "--llm-layers needs --size full (got --size mid)" in capsys.readouterr().err
+    assert main(["bench", "--model", "qwen3_vl_fopru", "--full-size"]) == 2
+    assert "--size full has no published config for qwen3_vl_fopru; accepted: llava_fopru," in capsys.readouterr().err
 
 
 # Shrunk stand-ins for the published configs, so the measurement's wiring runs in seconds: the tower class, the block

@@ -5,6 +5,10 @@
     ``input_ids`` -> the HF model runs on the kept features, passed as ``mm_encoder_outputs``, so its own embedding
     merge and generation loop stay untouched.
 
+A video (families with ``has_video``) goes the same way as an image whose views are its frames: the family's
+``encode_videos`` gives its features, layout and significance, each frame is selected with the per-view budget, the
+``video`` placeholders of pruned tokens are dropped and the kept features go in as ``mm_encoder_outputs["video"]``.
+
 A family (``llava.py``, ``llava_next.py``, ``qwen_vl.py``) declares only what differs: which layer's queries and keys
 to capture and whether the tower has prefix (CLS) tokens, how an image becomes views on grids (its ``ImageLayout``),
 and how positions are kept. Nothing here knows lmms-eval.
@@ -33,12 +37,14 @@ from fopru_eval.core.strategies import apply_strategy
 
 @dataclass
 class Prompt:
-    """One request as the model sees it: a chat conversation and the images it shows, in order."""
+    """One request as the model sees it: a chat conversation and the images and videos it shows, each in order."""
 
     messages: list[dict[str, Any]]
     images: list[Image.Image]
     # Which doc this is, to seed random selection identically across reruns, batch sizes and ranks.
     doc_key: str
+    # Each video a stack of already sampled frames, as the processor takes them: (frames, height, width, channels).
+    videos: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -177,9 +183,35 @@ class Family:
         """Run the tower on the processor's output; with a scorer, under the significance capture."""
         raise NotImplementedError
 
-    def unpruned_positions(self, ids: torch.Tensor, encoded: dict[str, Any], image_indices: range) -> torch.Tensor:
+    # ----- videos, for the families that read them -----------------------------------------------------------------
+
+    # Whether this family reads videos: ``encode_videos``, ``video_flops`` and ``video_encoder_outputs`` are defined.
+    has_video: ClassVar[bool] = False
+
+    def video_processor_kwargs(self) -> dict[str, Any]:
+        """Processor arguments for a batch with videos (e.g. that the frames are already sampled)."""
+        return {}
+
+    def encode_videos(self, encoded: dict[str, Any], scorer: Scorer | None) -> EncodedImages:
+        """The processor's videos through the tower, one entry per video: its packed LLM tokens' features, a layout
+        with one view per frame (per temporal patch where frames are merged) and its significance."""
+        raise NotImplementedError
+
+    def video_flops(self, encoded: dict[str, Any], video_index: int) -> int:
+        """The vision side's FLOPs for one video of the processor's output ``encoded``, over every frame."""
+        raise NotImplementedError
+
+    def video_encoder_outputs(
+        self, features: list[torch.Tensor], extra_features: list[list[torch.Tensor]]
+    ) -> BaseModelOutputWithPooling:
+        """The kept features of a batch's videos as the model takes them in ``mm_encoder_outputs["video"]``."""
+        return self.encoder_outputs(features, extra_features)
+
+    def unpruned_positions(
+        self, ids: torch.Tensor, encoded: dict[str, Any], image_indices: range, video_indices: range = range(0)
+    ) -> torch.Tensor:
         """(..., length) position of every token of one unpadded sequence in the unpruned model; the sequence shows
-        the batch's images ``image_indices``."""
+        the batch's images ``image_indices`` and videos ``video_indices``."""
         return torch.arange(ids.numel())
 
     def position_ids(self, kept_positions: list[torch.Tensor], config: PruningConfig) -> torch.Tensor | None:
@@ -244,48 +276,65 @@ def prune_batch(
 
     With ``continuations``, each one's token ids follow its prompt (for loglikelihood), after the assistant turn opens.
     Every image gets its own significance and its own selection, view by view; random draws are seeded per doc,
-    image and view, so they do not depend on batch composition or rank.
+    image and view, so they do not depend on batch composition or rank. A video is selected the same way, frame by
+    frame (its views), with the budget per frame.
     """
     processor = family.processor
     texts = [processor.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False) for p in prompts]
     images = [family.prepare_image(image) for p in prompts for image in p.images]
-    encoded = processor(images=images or None, text=texts, padding=True, return_tensors="pt")
+    videos = [video for p in prompts for video in p.videos]
+    if videos and not family.has_video:
+        raise ValueError(f"{family.label} ({type(family).__name__}) does not read videos here; only images")
+    # Only a batch with videos passes any video argument, so an image batch reaches the processor exactly as before.
+    media = {"videos": videos, **family.video_processor_kwargs()} if videos else {}
+    encoded = processor(images=images or None, text=texts, padding=True, return_tensors="pt", **media)
     rows = unpad(encoded["input_ids"], encoded["attention_mask"])
     for i, continuation in enumerate(continuations or []):
         rows[i] = torch.cat([rows[i], torch.tensor(continuation, dtype=rows[i].dtype)])
-    vision = family.encode_images(encoded, config.scorer if config.needs_scores else None) if images else None
+    scorer = config.scorer if config.needs_scores else None
+    vision = family.encode_images(encoded, scorer) if images else None
+    video_vision = family.encode_videos(encoded, scorer) if videos else None
 
     kept_features: list[torch.Tensor] = []
     kept_extra_features: list[list[torch.Tensor]] = []
+    kept_video_features: list[torch.Tensor] = []
+    kept_video_extra_features: list[list[torch.Tensor]] = []
     kept_positions: list[torch.Tensor] = []
     counts: dict[str, list[int]] = {
         name: [] for name in ("kept", "total", "markers_kept", "markers_total", "prefill_flops")
     }
-    first_image = 0
+    first_image = first_video = 0
     for i, prompt in enumerate(prompts):
         image_indices = range(first_image, first_image + len(prompt.images))
         first_image = image_indices.stop
-        kept, layouts, markers = [], [], 0
-        for local_index, image_index in enumerate(image_indices):
-            layout = vision.layouts[image_index]
-            scores = vision.scores[image_index] if vision.scores is not None else None
-            positions, image_markers = keep_image(config, layout, scores, prompt.doc_key, local_index)
-            on_device = positions.to(vision.features[image_index].device)
-            kept_features.append(vision.features[image_index][on_device])
-            if vision.extra_features:
-                kept_extra_features.append([stream[on_device] for stream in vision.extra_features[image_index]])
-            kept.append(positions)
-            layouts.append(layout)
-            markers += image_markers
+        video_indices = range(first_video, first_video + len(prompt.videos))
+        first_video = video_indices.stop
+        kept, layouts, markers = keep_each(
+            config, vision, image_indices, prompt.doc_key, kept_features, kept_extra_features
+        )
         sizes = [layout.num_packed_tokens for layout in layouts]
         keep = kept_token_mask(rows[i], family.model.config.image_token_id, kept, sizes)
-        kept_positions.append(family.unpruned_positions(rows[i], encoded, image_indices)[..., keep])
+        if video_indices:
+            # Videos draw apart from images: the doc's video 0 is not its image 0.
+            video_kept, video_layouts, video_markers = keep_each(
+                config,
+                video_vision,
+                video_indices,
+                f"{prompt.doc_key}/video",
+                kept_video_features,
+                kept_video_extra_features,
+            )
+            video_sizes = [layout.num_packed_tokens for layout in video_layouts]
+            keep &= kept_token_mask(rows[i], family.model.config.video_token_id, video_kept, video_sizes)
+            kept, layouts, markers = kept + video_kept, layouts + video_layouts, markers + video_markers
+        kept_positions.append(family.unpruned_positions(rows[i], encoded, image_indices, video_indices)[..., keep])
         rows[i] = rows[i][keep]
         counts["kept"].append(sum(positions.numel() for positions in kept) - markers)
         counts["total"].append(sum(layout.num_visual_tokens for layout in layouts))
         counts["markers_kept"].append(markers)
         counts["markers_total"].append(sum(layout.num_markers for layout in layouts))
         image_flops = sum(family.image_flops(encoded, image_index) for image_index in image_indices)
+        image_flops += sum(family.video_flops(encoded, video_index) for video_index in video_indices)
         counts["prefill_flops"].append(image_flops + family.llm_flops(rows[i].numel()))
 
     input_ids, attention_mask = left_pad(rows, processor.tokenizer.pad_token_id)
@@ -296,6 +345,9 @@ def prune_batch(
     inputs = {name: tensor.to(family.device) for name, tensor in inputs.items()}
     if kept_features:
         inputs["mm_encoder_outputs"] = {"image": family.encoder_outputs(kept_features, kept_extra_features)}
+    if kept_video_features:
+        video_outputs = family.video_encoder_outputs(kept_video_features, kept_video_extra_features)
+        inputs["mm_encoder_outputs"] = inputs.get("mm_encoder_outputs", {}) | {"video": video_outputs}
     return PrunedBatch(
         inputs=inputs,
         visual_tokens_kept=counts["kept"],
@@ -305,6 +357,32 @@ def prune_batch(
         newline_tokens_total=counts["markers_total"] if family.has_newlines else None,
         prefill_flops=counts["prefill_flops"],
     )
+
+
+def keep_each(
+    config: PruningConfig,
+    vision: EncodedImages | None,
+    indices: range,
+    doc_key: str,
+    kept_features: list[torch.Tensor],
+    kept_extra_features: list[list[torch.Tensor]],
+) -> tuple[list[torch.Tensor], list[ImageLayout], int]:
+    """Selection for one prompt's images (or videos) ``indices`` of ``vision``: appends their kept features to
+    ``kept_features`` and ``kept_extra_features``; returns each one's kept packed positions, the layouts, and how
+    many of the kept positions are markers."""
+    kept, layouts, markers = [], [], 0
+    for local_index, index in enumerate(indices):
+        layout = vision.layouts[index]
+        scores = vision.scores[index] if vision.scores is not None else None
+        positions, image_markers = keep_image(config, layout, scores, doc_key, local_index)
+        on_device = positions.to(vision.features[index].device)
+        kept_features.append(vision.features[index][on_device])
+        if vision.extra_features:
+            kept_extra_features.append([stream[on_device] for stream in vision.extra_features[index]])
+        kept.append(positions)
+        layouts.append(layout)
+        markers += image_markers
+    return kept, layouts, markers
 
 
 def keep_image(

@@ -126,6 +126,10 @@ class Llava(Family):
         return 1
 
     def image_flops(self, encoded: dict[str, Any], image_index: int) -> int:
+        """Every tower view of the image (``view_flops``)."""
+        return self.tower_views(encoded, image_index) * self.view_flops()
+
+    def view_flops(self) -> int:
         """Per tower view: the patch embedding, the CLIP blocks (every layer runs, though the LLM reads the
         ``vision_feature_layer``'s output) over the patches and the prefix token, and LLaVA's two-layer projector over
         the patch features."""
@@ -145,7 +149,7 @@ class Llava(Family):
             + linear(patches, feature_layers * vision.hidden_size, text.hidden_size)
             + linear(patches, text.hidden_size, text.hidden_size)
         )
-        return self.tower_views(encoded, image_index) * per_view
+        return per_view
 
     # ----- positions -----------------------------------------------------------------------------------------------
 

@@ -11,10 +11,16 @@ What differs from Qwen2-VL, and only that, is declared here:
   the same kept positions as the main features, so every injected copy lands on the token it belongs to.
 - Positions: ``get_rope_index`` numbers images exactly as Qwen2-VL's does (the text rotary embedding interleaves the
   t, h and w frequencies, which changes nothing in the ids), so kept tokens keep their unpruned 3-D ids as there.
+- Videos: the tower merges 2 frames into one temporal patch and attends within each temporal patch, so a video is
+  one view per temporal patch (its merged h / 2 x w / 2 grid, from ``video_grid_thw``), each with its own attention
+  map, selected with the per-view budget. The processor writes each temporal patch as its own run of placeholders
+  behind a timestamp ("<0.5 seconds>") and ``get_rope_index`` numbers each run like a one-frame image after that
+  text; kept tokens keep those unpruned ids, and the DeepStack video features are pruned like the main ones.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -22,6 +28,9 @@ from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin, Qwen
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures, Qwen3VLVisionModel
 
 from fopru_eval.core.flops import Blocks, linear
+from fopru_eval.core.layout import ImageLayout, View
+from fopru_eval.core.scoring import Scorer
+from fopru_eval.families.base import EncodedImages
 from fopru_eval.families.qwen_vl import QwenVL
 
 # qwen-vl-utils' own limits for an image given without min_pixels/max_pixels, at Qwen3-VL's factor (image_patch_size=16,
@@ -80,3 +89,41 @@ class Qwen3VL(QwenVL):
     ) -> BaseModelOutputWithDeepstackFeatures:
         layers = [list(layer) for layer in zip(*extra_features, strict=True)]
         return BaseModelOutputWithDeepstackFeatures(pooler_output=features, deepstack_features=layers)
+
+    # ----- videos ---------------------------------------------------------------------------------------------------
+
+    has_video = True
+
+    def video_processor_kwargs(self) -> dict[str, Any]:
+        # A prompt's frames are already sampled, as lmms-eval's qwen3_vl samples them (qwen-vl-utils) before the
+        # processor: the processor must not sample again.
+        return {"do_sample_frames": False}
+
+    def video_layout(self, grid_thw: list[int]) -> ImageLayout:
+        """One view per temporal patch, the patches' merged grids one after another; a token's source is its own
+        packed position, as each patch's significance is concatenated in the same order."""
+        patches, rows, cols = grid_thw[0], grid_thw[1] // self.merge_size, grid_thw[2] // self.merge_size
+        views = []
+        for patch in range(patches):
+            positions = patch * rows * cols + torch.arange(rows * cols)
+            views.append(View((rows, cols), positions, positions))
+        return ImageLayout(tuple(views))
+
+    def encode_videos(self, encoded: dict[str, Any], scorer: Scorer | None) -> EncodedImages:
+        """Features, DeepStack features and significance per video, each temporal patch in raster order."""
+        inputs = {
+            "pixel_values_videos": encoded["pixel_values_videos"].to(self.device, self.model.dtype),
+            "video_grid_thw": encoded["video_grid_thw"].to(self.device),
+        }
+        output, scores = self.run_tower(partial(self.model.get_video_features, **inputs, return_dict=True), scorer)
+        grids = encoded["video_grid_thw"].tolist()
+        if scores is not None:
+            # The capture scores each attention segment, here each temporal patch: gather them per video.
+            starts = torch.tensor([0] + [t for t, _, _ in grids]).cumsum(0).tolist()
+            scores = [torch.cat(scores[a:b]) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+        layouts = [self.video_layout(grid) for grid in grids]
+        return EncodedImages(list(output.pooler_output), layouts, scores, self.extra_features(output))
+
+    def video_flops(self, encoded: dict[str, Any], video_index: int) -> int:
+        # The tower treats a video as an image of t temporal patches, attending within each: the image count applies.
+        return self.image_flops({"image_grid_thw": encoded["video_grid_thw"]}, video_index)

@@ -140,11 +140,18 @@ class QwenVL(Family):
 
     # ----- positions -----------------------------------------------------------------------------------------------
 
-    def unpruned_positions(self, ids: torch.Tensor, encoded: dict[str, Any], image_indices: range) -> torch.Tensor:
+    def unpruned_positions(
+        self, ids: torch.Tensor, encoded: dict[str, Any], image_indices: range, video_indices: range = range(0)
+    ) -> torch.Tensor:
         """(3, length) M-RoPE positions of the unpruned sequence, by the model's own rule."""
         grids = encoded["image_grid_thw"][image_indices.start : image_indices.stop] if len(image_indices) else None
         token_types = torch.tensor(self.processor.create_mm_token_type_ids([ids.tolist()]))
-        positions, _ = self.model.model.get_rope_index(ids[None], mm_token_type_ids=token_types, image_grid_thw=grids)
+        videos = {}
+        if video_indices:
+            videos["video_grid_thw"] = encoded["video_grid_thw"][video_indices.start : video_indices.stop]
+        positions, _ = self.model.model.get_rope_index(
+            ids[None], mm_token_type_ids=token_types, image_grid_thw=grids, **videos
+        )
         return positions[:, 0]
 
     def position_ids(self, kept_positions: list[torch.Tensor], config: PruningConfig) -> torch.Tensor:

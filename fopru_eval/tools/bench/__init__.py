@@ -38,6 +38,7 @@ from fopru_eval.tools.bench.parity import compare_reference
 from fopru_eval.tools.bench.report import format_tables
 from fopru_eval.tools.bench.runs import compare_configs, depth_check, significance_cost, significance_cost_full_tower
 from fopru_eval.tools.bench.workload import SPLIT, TASK, synthetic_docs
+from fopru_eval.tools.checkpoints.full_size import FAMILIES as FULL_SIZE_FAMILIES
 
 __all__ = ["FAMILIES", "add_arguments", "benchmark", "run"]
 
@@ -227,6 +228,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_defaults(args: argparse.Namespace) -> None:
     """Defaults that depend on the size and the device."""
     full, on_cpu = args.size == "full", torch.device(args.device).type == "cpu"
+    if full and FAMILIES[args.model].full_size not in FULL_SIZE_FAMILIES:
+        with_config = [name for name, model in FAMILIES.items() if model.full_size in FULL_SIZE_FAMILIES]
+        raise ValueError(f"--size full has no published config for {args.model}; accepted: {', '.join(with_config)}")
     if args.llm_layers is not None and not full:
         raise ValueError(f"--llm-layers needs --size full (got --size {args.size})")
     if full and on_cpu and args.llm_layers is None:

@@ -39,7 +39,8 @@ QWEN_PIXELS = {
 # Qwen3-VL's factor is 32 pixels: tiny keeps 336 x 336 images at 128 x 128 (8 x 8 patches of 16, 16 visual tokens),
 # mid upscales them to 448 x 448 (196 visual tokens). (lmms-eval's chat qwen3_vl ignores both for images.)
 QWEN3_PIXELS = {"tiny": {"min_pixels": 4096, "max_pixels": 16384}, "mid": QWEN_PIXELS["mid"]}
-# "full": the published 7B architecture of the family (checkpoints/full_size.py), random bf16 weights, on a GPU only.
+# "full": the published 7B architecture of the family (checkpoints/full_size.py), random bf16 weights; on a CPU with a
+# slice of its LLM (the bench scales it to full depth).
 SIZES = ("tiny", "mid", "full")
 
 

@@ -1,0 +1,344 @@
+"""Video samples, pruned frame by frame, against independent references: the unpruned HF model, hand-built forwards
+over only the kept tokens (LLaVA-OneVision: per-frame maps pooled 2 x 2 by hand, the video's newline kept; Qwen3-VL:
+per-temporal-patch maps, DeepStack features and M-RoPE positions by hand), and one-by-one runs of mixed batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_llava_onevision import bilinear_matrix, numpy_selection
+from test_qwen3_vl import PIXELS, positions_by_hand, reference_logits, reference_significance
+from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
+
+from conftest import draw_image
+from fopru_eval.core.config import PruningConfig
+from fopru_eval.families import Prompt, prune_batch
+from fopru_eval.families.llava import Llava
+from fopru_eval.tools.checkpoints.llava_onevision import save_random_llava_onevision
+from fopru_eval.tools.checkpoints.qwen3_vl import save_random_qwen3_vl
+from fopru_model_adapters.llava_onevision import LlavaOnevisionFoPru
+from fopru_model_adapters.qwen3_vl import Qwen3VLFoPru
+
+
+def moving_square(frames: int, height: int, width: int, color: tuple[int, int, int]) -> np.ndarray:
+    """(frames, height, width, 3) uint8 frames: a square crossing a noisy background, so every frame differs."""
+    rng = np.random.default_rng(frames * 1000 + height + width)
+    video = rng.integers(0, 60, (frames, height, width, 3), dtype=np.uint8)
+    side = min(height, width) // 3
+    for frame in range(frames):
+        top, left = frame * (height - side) // max(frames - 1, 1), frame * (width - side) // max(frames - 1, 1)
+        video[frame, top : top + side, left : left + side] = color
+    return video
+
+
+# 4 frames. LLaVA-OneVision: each frame one 6 x 6 SigLIP view pooled to 3 x 3, then one newline: 36 + 1 tokens.
+# Qwen3-VL: 96 x 128 pixels, 6 x 8 patches of 16 merged to 3 x 4; 2 frames per temporal patch: 2 x 12 = 24 tokens.
+VIDEO = moving_square(4, 96, 128, (255, 0, 0))
+OTHER_VIDEO = moving_square(4, 96, 128, (0, 0, 255))
+IMAGE = draw_image("green", (10, 20, 60, 70), size=(96, 96))
+
+
+def turn(text: str, videos: int, images: list) -> list[dict]:
+    content = [{"type": "video"}] * videos + [{"type": "image", "url": image} for image in images]
+    return [{"role": "user", "content": [*content, {"type": "text", "text": text}]}]
+
+
+def video_prompt(video: np.ndarray = VIDEO, key: str = "t/test/0") -> Prompt:
+    return Prompt(turn("What moves?", 1, []), [], key, videos=[video])
+
+
+def mixed_prompts() -> list[Prompt]:
+    """A video, an image, and a doc with both (and a second video in another doc)."""
+    return [
+        video_prompt(),
+        Prompt(turn("What color is it?", 0, [IMAGE]), [IMAGE], "t/test/1"),
+        Prompt(turn("Is the picture in the video?", 1, [IMAGE]), [IMAGE], "t/test/2", videos=[OTHER_VIDEO]),
+        video_prompt(OTHER_VIDEO, "t/test/3"),
+    ]
+
+
+def hf_inputs(processor, prompts: list[Prompt], **video_kwargs) -> dict:
+    texts = [processor.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False) for p in prompts]
+    images = [image for p in prompts for image in p.images] or None
+    videos = [video for p in prompts for video in p.videos] or None
+    return processor(images=images, videos=videos, text=texts, padding=True, return_tensors="pt", **video_kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny_onevision(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_random_llava_onevision(tmp_path_factory.mktemp("tiny_llava_onevision_video"))
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen3_vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_random_qwen3_vl(tmp_path_factory.mktemp("tiny_qwen3_vl_video") / "checkpoint")
+
+
+def onevision(path: Path, **args) -> LlavaOnevisionFoPru:
+    return LlavaOnevisionFoPru(pretrained=str(path), device="cpu", **args)
+
+
+def qwen3_vl(path: Path, **args) -> Qwen3VLFoPru:
+    return Qwen3VLFoPru(pretrained=str(path), device="cpu", **{**PIXELS, "dtype": "float32", **args})
+
+
+def qwen3_vl_hf(path: Path, **load_args) -> tuple:
+    model = Qwen3VLFoPru.family_class.model_class.from_pretrained(path, **load_args).eval()
+    size = {"shortest_edge": PIXELS["min_pixels"], "longest_edge": PIXELS["max_pixels"]}
+    return model, AutoProcessor.from_pretrained(path, size=size)
+
+
+# ----- strategy=none is the unpruned model -----------------------------------------------------------------------
+
+
+def test_onevision_none_reproduces_the_unpruned_hf_model_exactly(tiny_onevision: Path) -> None:
+    ours = onevision(tiny_onevision, strategy="none", batch_size=4)
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(tiny_onevision).eval()
+    processor = AutoProcessor.from_pretrained(tiny_onevision)
+    batch = mixed_prompts()
+    with torch.inference_mode():
+        prepared = ours.prepare(batch)
+        inputs = hf_inputs(processor, batch)
+        assert torch.equal(ours.model(**prepared.inputs).logits, model(**inputs).logits)
+        gen = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": ours.eot_token_id}
+        assert torch.equal(ours.model.generate(**prepared.inputs, **gen), model.generate(**inputs, **gen))
+    image_tokens = prepared.visual_tokens_total[1]
+    assert prepared.visual_tokens_total == [36, image_tokens, 36 + image_tokens, 36]
+    assert prepared.visual_tokens_kept == prepared.visual_tokens_total
+    assert prepared.newline_tokens_kept == prepared.newline_tokens_total
+
+
+def test_qwen3_vl_none_reproduces_the_unpruned_hf_model_exactly(tiny_qwen3_vl: Path) -> None:
+    ours = qwen3_vl(tiny_qwen3_vl, strategy="none", batch_size=4)
+    model, processor = qwen3_vl_hf(tiny_qwen3_vl)
+    # The adapter adds lmms-eval's system turn to every prompt: the HF model gets the prompts as sent.
+    batch = [ours._with_system_turn(p) for p in mixed_prompts()]
+    with torch.inference_mode():
+        prepared = ours.prepare(batch)
+        inputs = hf_inputs(processor, batch, do_sample_frames=False)
+        assert inputs["video_grid_thw"].tolist() == [[2, 6, 8], [2, 6, 8], [2, 6, 8]]
+        assert torch.equal(ours.model(**prepared.inputs).logits, model(**inputs).logits)
+        eos = processor.tokenizer.eos_token_id
+        gen = {"max_new_tokens": 8, "do_sample": False, "eos_token_id": eos, "pad_token_id": eos}
+        assert torch.equal(ours.model.generate(**prepared.inputs, **gen), model.generate(**inputs, **gen))
+    assert prepared.visual_tokens_total == [24, 9, 24 + 9, 24] == prepared.visual_tokens_kept
+
+
+# ----- counts: the budget is per frame (LLaVA-OneVision) or per temporal patch (Qwen3-VL) -------------------------
+
+
+@pytest.mark.parametrize(
+    ("strategy", "budget", "kept"),
+    [
+        ("rank", {"keep_ratio": 0.5}, 4 * 4),  # floor(9 * 0.5) of each frame's 9
+        ("rank", {"keep_tokens": 2}, 4 * 2),
+        ("row", {"keep_ratio": 0.5}, 4 * 3),  # floor(3 * 0.5) = 1 row of 3 per frame
+        ("row", {"keep_tokens": 6}, 4 * 6),  # 2 whole rows per frame
+    ],
+)
+def test_onevision_keeps_the_budget_of_every_frame(
+    tiny_onevision: Path, strategy: str, budget: dict, kept: int
+) -> None:
+    ours = onevision(tiny_onevision, strategy=strategy, **budget)
+    with torch.inference_mode():
+        prepared = ours.prepare([video_prompt()])
+        unpruned = onevision(tiny_onevision, strategy="none").prepare([video_prompt()])
+    assert prepared.visual_tokens_kept == [kept] and prepared.visual_tokens_total == [36]
+    # The video's closing newline always stays.
+    assert prepared.newline_tokens_kept == prepared.newline_tokens_total == [1]
+    assert prepared.input_tokens == [unpruned.input_tokens[0] - (36 - kept)]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "budget", "kept"),
+    [
+        ("rank", {"keep_ratio": 0.5}, 2 * 6),  # floor(12 * 0.5) of each temporal patch's 3 x 4
+        ("rank", {"keep_tokens": 5}, 2 * 5),
+        ("row", {"keep_ratio": 0.5}, 2 * 4),  # floor(3 * 0.5) = 1 row of 4
+        ("row", {"keep_tokens": 8}, 2 * 8),  # 2 whole rows
+    ],
+)
+def test_qwen3_vl_keeps_the_budget_of_every_temporal_patch(
+    tiny_qwen3_vl: Path, strategy: str, budget: dict, kept: int
+) -> None:
+    ours = qwen3_vl(tiny_qwen3_vl, strategy=strategy, **budget)
+    with torch.inference_mode():
+        prepared = ours.prepare([video_prompt()])
+        unpruned = qwen3_vl(tiny_qwen3_vl, strategy="none").prepare([video_prompt()])
+    assert prepared.visual_tokens_kept == [kept] and prepared.visual_tokens_total == [24]
+    assert prepared.input_tokens == [unpruned.input_tokens[0] - (24 - kept)]
+
+
+def test_a_family_without_video_refuses_it_clearly(tiny_llava: Path) -> None:
+    family = Llava.load(str(tiny_llava))
+    with pytest.raises(ValueError, match=r"LLaVA-1\.5 \(Llava\) does not read videos"):
+        prune_batch(family, PruningConfig("none"), [video_prompt()])
+
+
+# ----- a pruned run is the model over only the kept tokens --------------------------------------------------------
+
+
+def onevision_reference_logits(
+    model: LlavaOnevisionForConditionalGeneration, processor, prompt: Prompt, strategy: str, ratio: float
+) -> tuple[torch.Tensor, int]:
+    """The language model on hand-spliced embeddings: each frame's attention map (feature layer, head mean, FoPru's
+    column or row mean in float64) and its projected features pooled 2 x 2 by a bilinear matrix written here, the
+    selection in numpy per frame, the kept tokens in frame order, then the video's newline. Also the kept count."""
+    inputs = hf_inputs(processor, [prompt])
+    ids = inputs["input_ids"][0]
+    config = model.config
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    pooled = (side + 1) // 2
+    weights = bilinear_matrix(side, pooled)
+    frames = inputs["pixel_values_videos"][0]
+    tower = model.model.vision_tower(frames, output_attentions=True, output_hidden_states=True)
+    attention = tower.attentions[len(tower.attentions) + config.vision_feature_layer].double().mean(dim=1).numpy()
+    features = model.model.multi_modal_projector(tower.hidden_states[config.vision_feature_layer]).double().numpy()
+    pieces, kept_count = [], 0
+    for frame_attention, frame_features in zip(attention, features, strict=True):
+        column, row = frame_attention.mean(axis=0), frame_attention.mean(axis=1)
+        significance = (column if column.var() > row.var() else row).reshape(side, side)
+        pooled_significance = weights @ significance @ weights.T
+        pooled_features = np.einsum("ri,ijc,sj->rsc", weights, frame_features.reshape(side, side, -1), weights)
+        kept = numpy_selection(pooled_significance, strategy, ratio, None)
+        pieces.append(torch.from_numpy(pooled_features.reshape(pooled * pooled, -1)[kept]).float())
+        kept_count += len(kept)
+    pieces.append(model.model.image_newline.detach()[None])
+    video = ids == config.video_token_id
+    assert int(video.sum()) == len(frames) * pooled * pooled + 1
+    embed = model.get_input_embeddings()
+    start = int(video.nonzero()[0])
+    embeds = torch.cat([embed(ids[:start]), *pieces, embed(ids[start + int(video.sum()) :])])
+    hidden = model.model.language_model(inputs_embeds=embeds[None])
+    return model.lm_head(hidden.last_hidden_state), kept_count
+
+
+@pytest.mark.parametrize(("strategy", "ratio"), [("rank", 0.5), ("rank", 0.3), ("row", 0.5)])
+def test_onevision_pruned_video_equals_a_reference_over_only_the_kept_tokens(
+    tiny_onevision: Path, strategy: str, ratio: float
+) -> None:
+    ours = onevision(tiny_onevision, strategy=strategy, keep_ratio=ratio)
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(tiny_onevision, attn_implementation="eager").eval()
+    processor = AutoProcessor.from_pretrained(tiny_onevision)
+    with torch.inference_mode():
+        prepared = ours.prepare([video_prompt()])
+        logits = ours.model(**prepared.inputs).logits
+        expected, kept = onevision_reference_logits(model, processor, video_prompt(), strategy, ratio)
+    assert prepared.visual_tokens_kept == [kept]
+    assert logits.shape == expected.shape
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def qwen3_vl_reference(model, processor, prompt: Prompt, strategy: str, ratio: float) -> dict:
+    """What the LLM should see for one video: each temporal patch scored as a one-frame image of its own (the tower
+    attends within it), selected in numpy, the main and DeepStack features of the kept tokens spliced by hand, and
+    every kept token at its unpruned position, each temporal patch numbered like an image after its timestamp."""
+    inputs = hf_inputs(processor, [prompt], do_sample_frames=False)
+    ids, (grid,) = inputs["input_ids"][0], inputs["video_grid_thw"].tolist()
+    patches = [[1, grid[1], grid[2]]] * grid[0]
+    pixels = inputs["pixel_values_videos"]
+    maps = reference_significance(model, pixels, torch.tensor(patches))
+    per_patch = maps[0].size
+    kept = np.concatenate(
+        [patch * per_patch + numpy_selection(m, strategy, ratio, None) for patch, m in enumerate(maps)]
+    )
+    output = model.model.get_video_features(pixels, inputs["video_grid_thw"])
+    video_token_id = model.config.video_token_id
+    placeholders = (ids == video_token_id).nonzero().flatten()
+    embeds = model.get_input_embeddings()(ids)
+    embeds[placeholders] = output.pooler_output[0]
+    keep = ids != video_token_id
+    keep[placeholders[torch.from_numpy(kept)]] = True
+    positions = positions_by_hand(ids.tolist(), patches, video_token_id)
+    return {
+        "embeds": embeds[keep],
+        "positions": positions[:, keep],
+        "visual": ids[keep] == video_token_id,
+        "deepstack": [layer[0][torch.from_numpy(kept)] for layer in output.deepstack_features],
+        "kept": len(kept),
+    }
+
+
+@pytest.mark.parametrize(("strategy", "ratio"), [("rank", 0.5), ("rank", 0.25), ("row", 0.5)])
+def test_qwen3_vl_pruned_video_equals_a_reference_over_only_the_kept_tokens(
+    tiny_qwen3_vl: Path, strategy: str, ratio: float
+) -> None:
+    ours = qwen3_vl(tiny_qwen3_vl, strategy=strategy, keep_ratio=ratio)
+    model, processor = qwen3_vl_hf(tiny_qwen3_vl, attn_implementation="eager")
+    prompt = ours._with_system_turn(video_prompt())
+    with torch.inference_mode():
+        prepared = ours.prepare([prompt])
+        logits = ours.model(**prepared.inputs).logits
+        reference = qwen3_vl_reference(model, processor, prompt, strategy, ratio)
+        expected = reference_logits(model, reference)
+    assert prepared.visual_tokens_kept == [reference["kept"]]
+    assert torch.equal(prepared.inputs["position_ids"][1:, 0], reference["positions"])
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+# ----- a batch mixing videos and images answers as one by one -----------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["onevision", "qwen3_vl"])
+@pytest.mark.parametrize("strategy", ["rank", "row", "random"])
+def test_a_batch_mixing_videos_and_images_answers_as_one_by_one(
+    tiny_onevision: Path, tiny_qwen3_vl: Path, family: str, strategy: str
+) -> None:
+    if family == "onevision":
+        ours = onevision(tiny_onevision, strategy=strategy, keep_ratio=0.5, batch_size=4)
+    else:
+        ours = qwen3_vl(tiny_qwen3_vl, strategy=strategy, keep_ratio=0.5, batch_size=4)
+    gen = {"max_new_tokens": 6, "temperature": 0}
+    one_by_one = [ours._generate([p], gen)[0] for p in mixed_prompts()]
+    batched = ours._generate(mixed_prompts(), gen)
+    assert [a.text for a in batched] == [a.text for a in one_by_one]
+    assert [a.token_counts.to_dict() for a in batched] == [a.token_counts.to_dict() for a in one_by_one]
+    assert len({a.text for a in batched}) > 1  # the random model's answers depend on the input
+
+
+# ----- the adapters: lmms-eval hands videos over as file paths ----------------------------------------------------
+
+# One solid color per frame, far apart, so a decoded frame tells which source frame it is despite compression.
+FRAME_COLORS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255), (255, 255, 255)]
+
+
+def write_video(path: Path) -> str:
+    av = pytest.importorskip("av")
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for color in FRAME_COLORS:
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), color, dtype=np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return str(path)
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_onevision_reads_a_video_path_as_llava_hf_does(tiny_onevision: Path, tmp_path: Path, chat: bool) -> None:
+    """max_frames_num frames spaced as lmms-eval's llava_hf spaces them: of 7 frames, 4 are 0, 2, 4 and 6."""
+    path = write_video(tmp_path / "clip.mp4")
+    ours = onevision(tiny_onevision, strategy="rank", keep_ratio=0.5, max_frames_num=4)
+    ours.task_dict = {"t": {"test": [{"video": path}]}}
+    if chat:
+        messages = [{"role": "user", "content": [{"type": "video", "url": path}, {"type": "text", "text": "Colors?"}]}]
+        prompt = ours._prompt_from_messages(messages, 0, "t", "test")
+    else:
+        prompt = ours._prompt_from_visuals("Colors?", lambda doc: [doc["video"]], 0, "t", "test")
+    (frames,) = prompt.videos
+    assert frames.shape == (4, 64, 64, 3) and prompt.images == []
+    means = frames.reshape(4, -1, 3).mean(axis=1)
+    expected = np.array([FRAME_COLORS[i] for i in (0, 2, 4, 6)])
+    assert np.abs(means - expected).max() < 8
+    (answer,) = ours._generate([prompt], {"max_new_tokens": 2, "temperature": 0})
+    assert answer.token_counts.visual_tokens_total == 4 * 9 and answer.token_counts.visual_tokens_kept == 4 * 4
+
+
+def test_adapters_that_read_no_videos_refuse_a_video_path_naming_themselves(tiny_qwen3_vl: Path) -> None:
+    ours = qwen3_vl(tiny_qwen3_vl, strategy="rank", keep_ratio=0.5)
+    messages = [{"role": "user", "content": [{"type": "video", "url": "clip.mp4"}, {"type": "text", "text": "Hi"}]}]
+    with pytest.raises(ValueError, match="qwen3_vl_fopru: t doc 0 has video or audio input; only images"):
+        ours._prompt_from_messages(messages, 0, "t", "test")
