@@ -10,11 +10,13 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import json  # noqa: E402
+import math  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
@@ -167,3 +169,19 @@ def read_table(run_dir: Path, key: str) -> list[dict]:
     [path] = run_dir.glob(f"files/media/table/{key}_*.table.json")
     table = json.loads(path.read_text())
     return [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+
+
+# ----- the references' selection, in numpy ------------------------------------------------------------------------
+
+
+def numpy_selection(significance: np.ndarray, strategy: str, ratio: float | None, tokens: int | None) -> np.ndarray:
+    """Kept raster indices of one (rows, cols) significance grid; ties go to the lower index."""
+    rows, cols = significance.shape
+    if strategy == "none" or rows * cols == 0:
+        return np.arange(rows * cols)
+    if strategy == "rank":
+        keep = min(tokens, rows * cols) if tokens else max(1, math.floor(rows * cols * ratio))
+        return np.sort(np.argsort(-significance.ravel(), kind="stable")[:keep])
+    keep_rows = max(1, min(rows, tokens // cols)) if tokens else max(1, math.floor(rows * ratio))
+    best = np.sort(np.argsort(-significance.sum(axis=1), kind="stable")[:keep_rows])
+    return (best[:, None] * cols + np.arange(cols)).ravel()

@@ -3,7 +3,6 @@ tokens (its own unpadding, selection and newline splicing), and lmms-eval's own 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -15,7 +14,7 @@ from lmms_eval.api.instance import Instance
 from transformers import AutoProcessor, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
 from transformers.image_processing_utils import select_best_resolution
 
-from conftest import draw_image, greedy_decode_by_hand, lmms_eval, results_of, user_turn
+from conftest import draw_image, greedy_decode_by_hand, lmms_eval, numpy_selection, results_of, user_turn
 from fopru_eval.core.config import PruningConfigError
 from fopru_eval.core.layout import NEWLINE, AnyresLayout
 from fopru_eval.families import keep_image
@@ -135,19 +134,6 @@ def test_layout_matches_the_processor_and_hand_derived_unpadded_grids(tiny_next:
 
 
 # ----- the reference: everything by hand from eager attention maps and hidden states -----------------------------
-
-
-def numpy_selection(significance: np.ndarray, strategy: str, ratio: float | None, tokens: int | None) -> np.ndarray:
-    """Kept raster indices of one (rows, cols) significance grid."""
-    rows, cols = significance.shape
-    if strategy == "none" or rows * cols == 0:
-        return np.arange(rows * cols)
-    if strategy == "rank":
-        keep = min(tokens, rows * cols) if tokens else max(1, math.floor(rows * cols * ratio))
-        return np.sort(np.argsort(-significance.ravel(), kind="stable")[:keep])
-    keep_rows = max(1, min(rows, tokens // cols)) if tokens else max(1, math.floor(rows * ratio))
-    best = np.sort(np.argsort(-significance.sum(axis=1), kind="stable")[:keep_rows])
-    return (best[:, None] * cols + np.arange(cols)).ravel()
 
 
 def reference_image_tokens(

@@ -16,7 +16,7 @@ from lmms_eval.api.instance import Instance
 from transformers import AutoProcessor, LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 from transformers.image_processing_utils import select_best_resolution
 
-from conftest import draw_image, lmms_eval, results_of, user_turn
+from conftest import draw_image, lmms_eval, numpy_selection, results_of, user_turn
 from fopru_eval.core.config import PruningConfigError
 from fopru_eval.core.flops import causal_pairs
 from fopru_eval.core.layout import AnyresLayout
@@ -133,19 +133,6 @@ def test_interpolated_scores_are_the_same_blend_as_the_features(tiny_onevision: 
 
 
 # ----- the reference: everything by hand from eager attention maps and hidden states -----------------------------
-
-
-def numpy_selection(significance: np.ndarray, strategy: str, ratio: float | None, tokens: int | None) -> np.ndarray:
-    """Kept raster indices of one (rows, cols) significance grid; ties go to the lower index."""
-    rows, cols = significance.shape
-    if strategy == "none" or rows * cols == 0:
-        return np.arange(rows * cols)
-    if strategy == "rank":
-        keep = min(tokens, rows * cols) if tokens else max(1, math.floor(rows * cols * ratio))
-        return np.sort(np.argsort(-significance.ravel(), kind="stable")[:keep])
-    keep_rows = max(1, min(rows, tokens // cols)) if tokens else max(1, math.floor(rows * ratio))
-    best = np.sort(np.argsort(-significance.sum(axis=1), kind="stable")[:keep_rows])
-    return (best[:, None] * cols + np.arange(cols)).ravel()
 
 
 def bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:

@@ -4,7 +4,6 @@ decode, and lmms-eval's own qwen3_vl adapter."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from unittest import mock
 
@@ -16,7 +15,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.models.qwen3_vl import modeling_qwen3_vl
 from transformers.vision_utils import get_vision_position_ids
 
-from conftest import TASKS_DIR, draw_image, user_turn
+from conftest import TASKS_DIR, draw_image, numpy_selection, user_turn
 from fopru_eval.core.config import PruningConfigError
 from fopru_eval.families.qwen3_vl import QWEN3_VL_UTILS_PIXEL_LIMITS, Qwen3VL
 from fopru_eval.tools.checkpoints.qwen3_vl import save_random_qwen3_vl
@@ -145,15 +144,6 @@ def reference_significance(model, pixel_values: torch.Tensor, grids: torch.Tenso
     return maps
 
 
-def reference_selection(scores: np.ndarray, strategy: str, ratio: float) -> np.ndarray:
-    rows, cols = scores.shape
-    if strategy == "rank":
-        keep = math.floor(scores.size * ratio)
-        return np.sort(np.argsort(-scores.reshape(-1), kind="stable")[:keep])
-    best = np.sort(np.argsort(-scores.sum(axis=1), kind="stable")[: math.floor(rows * ratio)])
-    return np.concatenate([np.arange(r * cols, (r + 1) * cols) for r in best])
-
-
 def reference_inputs(model, processor, prompt: Prompt, strategy: str, ratio: float) -> dict:
     """What the LLM should see: the unpruned sequence less the pruned visual tokens, every kept token at its own
     unpruned position, the main features spliced into the embeddings and each DeepStack layer's features of the same
@@ -162,7 +152,7 @@ def reference_inputs(model, processor, prompt: Prompt, strategy: str, ratio: flo
     ids, grids = inputs["input_ids"][0], inputs["image_grid_thw"]
     output = model.model.get_image_features(inputs["pixel_values"], grids)
     maps = reference_significance(model, inputs["pixel_values"], grids)
-    kept = [reference_selection(scores, strategy, ratio) for scores in maps]
+    kept = [numpy_selection(scores, strategy, ratio, None) for scores in maps]
 
     image_token_id = model.config.image_token_id
     embeds = model.get_input_embeddings()(ids)

@@ -3,7 +3,6 @@ over only the kept tokens at their original 3-D positions, a hand-run greedy dec
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from unittest import mock
 
@@ -15,7 +14,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, LlamaConfig
 from transformers.models.qwen2_vl import modeling_qwen2_vl
 from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
-from conftest import TASKS_DIR, draw_image, lmms_eval, results_of, user_turn
+from conftest import TASKS_DIR, draw_image, lmms_eval, numpy_selection, results_of, user_turn
 from fopru_eval.core.attention import fopru_significance
 from fopru_eval.core.config import PruningConfigError
 from fopru_eval.families.qwen_vl import qwen_vl_utils_smart_resize
@@ -151,15 +150,6 @@ def reference_significance(model, family: str, pixel_values: torch.Tensor, grids
     return maps
 
 
-def reference_selection(scores: np.ndarray, strategy: str, ratio: float) -> np.ndarray:
-    rows, cols = scores.shape
-    if strategy == "rank":
-        keep = math.floor(scores.size * ratio)
-        return np.sort(np.argsort(-scores.reshape(-1), kind="stable")[:keep])
-    best = np.sort(np.argsort(-scores.sum(axis=1), kind="stable")[: math.floor(rows * ratio)])
-    return np.concatenate([np.arange(r * cols, (r + 1) * cols) for r in best])
-
-
 def reference_inputs(model, processor, family: str, prompt: Prompt, strategy: str, ratio: float) -> tuple:
     """Embeddings and (3, tokens) positions of the sequence the LLM should see: the unpruned sequence less the pruned
     visual tokens, every kept token at its own unpruned position. Also the kept count per image."""
@@ -167,7 +157,7 @@ def reference_inputs(model, processor, family: str, prompt: Prompt, strategy: st
     ids, grids = inputs["input_ids"][0], inputs["image_grid_thw"]
     features = model.model.get_image_features(inputs["pixel_values"], grids).pooler_output
     maps = reference_significance(model, family, inputs["pixel_values"], grids)
-    kept = [reference_selection(scores, strategy, ratio) for scores in maps]
+    kept = [numpy_selection(scores, strategy, ratio, None) for scores in maps]
 
     image_token_id = model.config.image_token_id
     embeds = model.get_input_embeddings()(ids)

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_llava_onevision import bilinear_matrix, numpy_selection
+from test_llava_onevision import bilinear_matrix
 from test_qwen3_vl import PIXELS, positions_by_hand, reference_logits, reference_significance
 from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
 
-from conftest import draw_image
+from conftest import draw_image, numpy_selection
 from fopru_eval.core.config import PruningConfig
 from fopru_eval.families import Prompt, prune_batch
 from fopru_eval.families.llava import Llava

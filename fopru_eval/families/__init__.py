@@ -3,7 +3,8 @@
 ``FAMILIES`` maps a checkpoint's ``model_type`` to its family; adding a family is one file and one entry here.
 """
 
-from fopru_eval.families.base import EncodedImages, Family, Prompt, PrunedBatch, keep_image, prune_batch
+from fopru_eval.families.base import EncodedImages, Family, Prompt, PrunedBatch
+from fopru_eval.families.driver import keep_image, prune_batch
 from fopru_eval.families.llava import Llava
 from fopru_eval.families.llava_next import LlavaNext
 from fopru_eval.families.llava_onevision import LlavaOnevision

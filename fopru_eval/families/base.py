@@ -1,22 +1,12 @@
-"""A model family, and the one driver that prunes a batch for every family.
+"""A model family: the protocol every family file fills in, and what the driver (``driver.py``) passes around.
 
-    prompts -> processor -> vision tower (significance captured by the config's scorer) -> per image, per view:
-    the config's strategy selects -> the layout keeps row markers -> placeholders of pruned tokens dropped from
-    ``input_ids`` -> the HF model runs on the kept features, passed as ``mm_encoder_outputs``, so its own embedding
-    merge and generation loop stay untouched.
-
-A video (families with ``has_video``) goes the same way as an image whose views are its frames: the family's
-``encode_videos`` gives its features, layout and significance, each frame is selected with the per-view budget, the
-``video`` placeholders of pruned tokens are dropped and the kept features go in as ``mm_encoder_outputs["video"]``.
-
-A family (``llava.py``, ``llava_next.py``, ``qwen_vl.py``) declares only what differs: which layer's queries and keys
-to capture and whether the tower has prefix (CLS) tokens, how an image becomes views on grids (its ``ImageLayout``),
-and how positions are kept. Nothing here knows lmms-eval.
+A family (``llava.py``, ``llava_next.py``, ``llava_onevision.py``, ``qwen_vl.py``, ``qwen3_vl.py``) declares only what
+differs: which layer's queries and keys to capture and whether the tower has prefix (CLS) tokens, how an image (or a
+video) becomes views on grids (its ``ImageLayout``), and how positions are kept. Nothing here knows lmms-eval.
 """
 
 from __future__ import annotations
 
-import zlib
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -31,8 +21,6 @@ from fopru_eval.core.flops import Blocks, llm_prefill_flops
 from fopru_eval.core.layout import ImageLayout
 from fopru_eval.core.registry import PruningConfigError
 from fopru_eval.core.scoring import SCORERS, Scorer
-from fopru_eval.core.sequence import kept_token_mask, left_pad, unpad
-from fopru_eval.core.strategies import apply_strategy
 
 
 @dataclass
@@ -267,138 +255,3 @@ class Family:
             extra = [[stream[:count] for stream in image] for image, count in zip(extra, image_tokens, strict=True)]
         inputs["mm_encoder_outputs"] = {"image": self.encoder_outputs(kept, extra)}
         return inputs
-
-
-def prune_batch(
-    family: Family, config: PruningConfig, prompts: list[Prompt], continuations: list[list[int]] | None = None
-) -> PrunedBatch:
-    """Processor, vision tower, significance, selection: the pruned model inputs of one batch of prompts.
-
-    With ``continuations``, each one's token ids follow its prompt (for loglikelihood), after the assistant turn opens.
-    Every image gets its own significance and its own selection, view by view; random draws are seeded per doc,
-    image and view, so they do not depend on batch composition or rank. A video is selected the same way, frame by
-    frame (its views), with the budget per frame.
-    """
-    processor = family.processor
-    texts = [processor.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False) for p in prompts]
-    images = [family.prepare_image(image) for p in prompts for image in p.images]
-    videos = [video for p in prompts for video in p.videos]
-    if videos and not family.has_video:
-        raise ValueError(f"{family.label} ({type(family).__name__}) does not read videos here; only images")
-    # Only a batch with videos passes any video argument, so an image batch reaches the processor exactly as before.
-    media = {"videos": videos, **family.video_processor_kwargs()} if videos else {}
-    encoded = processor(images=images or None, text=texts, padding=True, return_tensors="pt", **media)
-    rows = unpad(encoded["input_ids"], encoded["attention_mask"])
-    for i, continuation in enumerate(continuations or []):
-        rows[i] = torch.cat([rows[i], torch.tensor(continuation, dtype=rows[i].dtype)])
-    scorer = config.scorer if config.needs_scores else None
-    vision = family.encode_images(encoded, scorer) if images else None
-    video_vision = family.encode_videos(encoded, scorer) if videos else None
-
-    kept_features: list[torch.Tensor] = []
-    kept_extra_features: list[list[torch.Tensor]] = []
-    kept_video_features: list[torch.Tensor] = []
-    kept_video_extra_features: list[list[torch.Tensor]] = []
-    kept_positions: list[torch.Tensor] = []
-    counts: dict[str, list[int]] = {
-        name: [] for name in ("kept", "total", "markers_kept", "markers_total", "prefill_flops")
-    }
-    first_image = first_video = 0
-    for i, prompt in enumerate(prompts):
-        image_indices = range(first_image, first_image + len(prompt.images))
-        first_image = image_indices.stop
-        video_indices = range(first_video, first_video + len(prompt.videos))
-        first_video = video_indices.stop
-        kept, layouts, markers = keep_each(
-            config, vision, image_indices, prompt.doc_key, kept_features, kept_extra_features
-        )
-        sizes = [layout.num_packed_tokens for layout in layouts]
-        keep = kept_token_mask(rows[i], family.model.config.image_token_id, kept, sizes)
-        if video_indices:
-            # Videos draw apart from images: the doc's video 0 is not its image 0.
-            video_kept, video_layouts, video_markers = keep_each(
-                config,
-                video_vision,
-                video_indices,
-                f"{prompt.doc_key}/video",
-                kept_video_features,
-                kept_video_extra_features,
-            )
-            video_sizes = [layout.num_packed_tokens for layout in video_layouts]
-            keep &= kept_token_mask(rows[i], family.model.config.video_token_id, video_kept, video_sizes)
-            kept, layouts, markers = kept + video_kept, layouts + video_layouts, markers + video_markers
-        kept_positions.append(family.unpruned_positions(rows[i], encoded, image_indices, video_indices)[..., keep])
-        rows[i] = rows[i][keep]
-        counts["kept"].append(sum(positions.numel() for positions in kept) - markers)
-        counts["total"].append(sum(layout.num_visual_tokens for layout in layouts))
-        counts["markers_kept"].append(markers)
-        counts["markers_total"].append(sum(layout.num_markers for layout in layouts))
-        image_flops = sum(family.image_flops(encoded, image_index) for image_index in image_indices)
-        image_flops += sum(family.video_flops(encoded, video_index) for video_index in video_indices)
-        counts["prefill_flops"].append(image_flops + family.llm_flops(rows[i].numel()))
-
-    input_ids, attention_mask = left_pad(rows, processor.tokenizer.pad_token_id)
-    inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
-    position_ids = family.position_ids(kept_positions, config)
-    if position_ids is not None:
-        inputs["position_ids"] = position_ids
-    inputs = {name: tensor.to(family.device) for name, tensor in inputs.items()}
-    if kept_features:
-        inputs["mm_encoder_outputs"] = {"image": family.encoder_outputs(kept_features, kept_extra_features)}
-    if kept_video_features:
-        video_outputs = family.video_encoder_outputs(kept_video_features, kept_video_extra_features)
-        inputs["mm_encoder_outputs"] = inputs.get("mm_encoder_outputs", {}) | {"video": video_outputs}
-    return PrunedBatch(
-        inputs=inputs,
-        visual_tokens_kept=counts["kept"],
-        visual_tokens_total=counts["total"],
-        input_tokens=[row.numel() for row in rows],
-        newline_tokens_kept=counts["markers_kept"] if family.has_newlines else None,
-        newline_tokens_total=counts["markers_total"] if family.has_newlines else None,
-        prefill_flops=counts["prefill_flops"],
-    )
-
-
-def keep_each(
-    config: PruningConfig,
-    vision: EncodedImages | None,
-    indices: range,
-    doc_key: str,
-    kept_features: list[torch.Tensor],
-    kept_extra_features: list[list[torch.Tensor]],
-) -> tuple[list[torch.Tensor], list[ImageLayout], int]:
-    """Selection for one prompt's images (or videos) ``indices`` of ``vision``: appends their kept features to
-    ``kept_features`` and ``kept_extra_features``; returns each one's kept packed positions, the layouts, and how
-    many of the kept positions are markers."""
-    kept, layouts, markers = [], [], 0
-    for local_index, index in enumerate(indices):
-        layout = vision.layouts[index]
-        scores = vision.scores[index] if vision.scores is not None else None
-        positions, image_markers = keep_image(config, layout, scores, doc_key, local_index)
-        on_device = positions.to(vision.features[index].device)
-        kept_features.append(vision.features[index][on_device])
-        if vision.extra_features:
-            kept_extra_features.append([stream[on_device] for stream in vision.extra_features[index]])
-        kept.append(positions)
-        layouts.append(layout)
-        markers += image_markers
-    return kept, layouts, markers
-
-
-def keep_image(
-    config: PruningConfig, layout: ImageLayout, scores: torch.Tensor | None, doc_key: str, image_index: int
-) -> tuple[torch.Tensor, int]:
-    """The packed positions of one image that survive, and how many of them are row markers."""
-    kept = []
-    for view_index, view in enumerate(layout.views):
-        # View v of the doc's image i draws as "image" i * views + v: LLaVA-1.5's image i is i.
-        seed = random_seed_for(config.seed, doc_key, image_index * len(layout.views) + view_index)
-        view_scores = scores[view.sources.to(scores.device)] if scores is not None else None
-        generator = torch.Generator().manual_seed(seed)
-        kept.append(apply_strategy(config.selection, config.budget, view.grid, view_scores, generator))
-    return layout.kept_positions(*kept)
-
-
-def random_seed_for(seed: int, doc_key: str, image_index: int) -> int:
-    """A per-image seed that depends only on the doc, so random selection is the same at any batch size or rank."""
-    return zlib.crc32(f"{seed}/{doc_key}/{image_index}".encode())
