@@ -64,6 +64,19 @@ class ImageLayout:
         """One view whose tokens are the whole packed run, scores in the same raster order."""
         return cls((View.raster(grid),))
 
+    @classmethod
+    def stacked(cls, grid: tuple[int, int], count: int, fixed_markers: torch.Tensor | None = None) -> ImageLayout:
+        """``count`` views of ``grid`` one after another (a video's frames), each in raster order, with the scores of
+        all of them concatenated in the same order; ``fixed_markers`` are packed positions that always stay."""
+        tokens = grid[0] * grid[1]
+        views = []
+        for index in range(count):
+            positions = index * tokens + torch.arange(tokens)
+            views.append(View(grid, positions, positions))
+        if fixed_markers is None:
+            return cls(tuple(views))
+        return cls(tuple(views), fixed_markers=fixed_markers)
+
     @property
     def num_visual_tokens(self) -> int:
         return sum(view.positions.numel() for view in self.views)

@@ -30,7 +30,7 @@ import torch
 from transformers import LlavaOnevisionForConditionalGeneration, SiglipVisionModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from fopru_eval.core.layout import AnyresLayout, ImageLayout, View
+from fopru_eval.core.layout import AnyresLayout, ImageLayout
 from fopru_eval.core.scoring import Scorer
 from fopru_eval.families.base import EncodedImages
 from fopru_eval.families.llava_next import LlavaNext
@@ -78,12 +78,7 @@ class LlavaOnevision(LlavaNext):
         """``frames`` views of the pooled grid one after another, then the video's newline; a token's source is its
         own packed position, as the significance is pooled and flattened like the features."""
         grid = self.pooled_grid
-        tokens = grid[0] * grid[1]
-        views = []
-        for frame in range(frames):
-            positions = frame * tokens + torch.arange(tokens)
-            views.append(View(grid, positions, positions))
-        return ImageLayout(tuple(views), fixed_markers=torch.tensor([frames * tokens]))
+        return ImageLayout.stacked(grid, frames, fixed_markers=torch.tensor([frames * grid[0] * grid[1]]))
 
     def encode_videos(self, encoded: dict[str, Any], scorer: Scorer | None) -> EncodedImages:
         """The tower runs once over every frame of every video, as ``get_video_features`` runs it, so one capture

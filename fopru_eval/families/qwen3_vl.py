@@ -28,7 +28,7 @@ from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin, Qwen
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures, Qwen3VLVisionModel
 
 from fopru_eval.core.flops import Blocks, linear
-from fopru_eval.core.layout import ImageLayout, View
+from fopru_eval.core.layout import ImageLayout
 from fopru_eval.core.scoring import Scorer
 from fopru_eval.families.base import EncodedImages
 from fopru_eval.families.qwen_vl import QwenVL
@@ -103,11 +103,7 @@ class Qwen3VL(QwenVL):
         """One view per temporal patch, the patches' merged grids one after another; a token's source is its own
         packed position, as each patch's significance is concatenated in the same order."""
         patches, rows, cols = grid_thw[0], grid_thw[1] // self.merge_size, grid_thw[2] // self.merge_size
-        views = []
-        for patch in range(patches):
-            positions = patch * rows * cols + torch.arange(rows * cols)
-            views.append(View((rows, cols), positions, positions))
-        return ImageLayout(tuple(views))
+        return ImageLayout.stacked((rows, cols), patches)
 
     def encode_videos(self, encoded: dict[str, Any], scorer: Scorer | None) -> EncodedImages:
         """Features, DeepStack features and significance per video, each temporal patch in raster order."""

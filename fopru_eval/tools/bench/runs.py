@@ -65,6 +65,15 @@ def ratio(value: float | None, baseline: float | None) -> float | None:
     return value / baseline if baseline > 0 else float("nan")
 
 
+def prompts_as_sent(adapter: Any, docs: list[dict], args: argparse.Namespace) -> list[Any]:
+    """The adapter's own request -> prompt path, so a timed prefill sees exactly what generate_until sees."""
+    return [adapter.generation_prompt(r)[0] for r in chat_requests(docs, args.max_new_tokens)]
+
+
+def in_batches(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
 def label(config: PruningConfig) -> str:
     """``rank@0.25``; ``rank+logits@0.25`` where the reading is not the default one."""
     if not config.selection.uses_budget:
@@ -96,9 +105,7 @@ def compare_configs(
                 answers[config] = adapter.generate_until(chat_requests(docs, args.max_new_tokens))
             memory[config] = peak.bytes / 2**20
 
-    # The adapter's own request -> prompt path, so the prefill sees exactly what generate_until sees.
-    prompts = [adapter.generation_prompt(r)[0] for r in chat_requests(docs, args.max_new_tokens)]
-    batches = [prompts[i : i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
+    batches = in_batches(prompts_as_sent(adapter, docs, args), args.batch_size)
     measures = (
         "prefill_s", "llm_prefill_s", "llm_layers_s", "end_to_end_s", "ideal_prefill_s", "ideal_llm_layers_s",
         "ideal_end_to_end_s",
@@ -119,7 +126,7 @@ def compare_configs(
                 if round_index >= args.warmup:
                     times[config]["end_to_end_s"].append(end_to_end / len(docs))
             kept = [image_tokens_kept(answer.token_counts) for answer in answers[config]]
-            counts = [kept[i : i + args.batch_size] for i in range(0, len(kept), args.batch_size)]
+            counts = in_batches(kept, args.batch_size)
             ideal_runs = [
                 ideal_times(adapter, batch, count, args.max_new_tokens, args.end_to_end)
                 for batch, count in zip(batches, counts, strict=True)
@@ -215,8 +222,7 @@ def depth_check(adapter: Any, deeper: Any, docs: list[dict], args: argparse.Name
     """The slice extrapolation put to the test: strategy=none's LLM prefill on ``deeper`` (the same architecture with
     twice the slice's decoder layers), measured and as predicted from the slice (its LLM prefill plus its time inside
     the layers once more), in interleaved rounds."""
-    prompts = [adapter.generation_prompt(r)[0] for r in chat_requests(docs, args.max_new_tokens)]
-    batches = [prompts[i : i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
+    batches = in_batches(prompts_as_sent(adapter, docs, args), args.batch_size)
     seconds: dict[str, list[float]] = {"predicted": [], "measured": []}
     for model in (adapter, deeper):
         model.pruning = PruningConfig("none")
