@@ -17,33 +17,12 @@ def make_random(args: argparse.Namespace) -> int:
     return 0
 
 
-# Every method the package has: FoPru rank and row, CLS attention with rank selection, each in both readings of the
-# attention, and the controls; at peers' budgets (the demo's 64 tokens per image take the fractions 192, 128 and 64 of
-# 576 are of LLaVA-1.5's: 21, 14 and 7 tokens).
-DEMO_METHODS = "rank,row,rank+cls,random,uniform"
-
-
 def demo(args: argparse.Namespace) -> int:
-    """The shipped demo model on the shipped fopru_demo benchmark: the accuracy curve of every method at peers'
-    budgets."""
-    from fopru_eval.tools.demo import CHECKPOINT
+    """The shipped demo model on the shipped fopru_demo benchmark: every method at peers' budgets, the curve, the
+    table per question kind and a picture of the tokens each method keeps."""
+    from fopru_eval.tools.demo.run import run_demo
 
-    sweep_parser = argparse.ArgumentParser()
-    sweep.add_arguments(sweep_parser)
-    task = "fopru_demo_dev" if args.split == "dev" else "fopru_demo"
-    # One folder per split and limit, so that a rerun resumes its own points and never meets another run's.
-    output = Path(args.output_path) / (task if args.limit is None else f"{task}-limit{args.limit}")
-    sweep_argv = [
-        "--model", "llava_fopru", "--model_args", f"pretrained={CHECKPOINT}", "--tasks", task,
-        "--strategies", DEMO_METHODS, "--scores", "logits,softmax", "--device", "cpu",
-        "--batch_size", "16", "--output_path", str(output),
-    ]  # fmt: skip
-    if args.limit is not None:
-        sweep_argv += ["--limit", str(args.limit)]
-    if args.wandb_project:
-        sweep_argv += ["--wandb-project", args.wandb_project]
-    sweep_args = sweep_parser.parse_args(sweep_argv)
-    return sweep_args.run(sweep_args)
+    return run_demo(Path(args.output_path), args.split, args.limit, args.wandb_project)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser.add_argument(
         "--split", choices=("test", "dev"), default="test", help="dev: the split choices are made on (default test)"
     )
-    demo_parser.add_argument("--limit", type=int, help="questions to run, for a quick look (default all 200)")
+    demo_parser.add_argument("--limit", type=int, help="questions to run, for a quick look (default all 500)")
     demo_parser.set_defaults(run=demo)
 
     for command, default_model in (("make-random", None), ("make-random-llava", "llava_fopru")):

@@ -1,10 +1,10 @@
-"""Write the fopru_demo test set (or its dev split): held-out scenes and questions from
+"""Write the fopru_demo test split (or its dev split): held-out scenes and questions from
 ``fopru_eval.tools.demo.scenes``.
 
-The test scenes use seeds from ``scenes.TEST_SEED_OFFSET`` upwards and the dev scenes from ``scenes.DEV_SEED_OFFSET``,
-neither of which the demo model's training draws to train on. The question kinds come in turn (colour at a cell,
-shape at a cell, count, colour of a neighbour, shape of a neighbour), 40 of each. The output is deterministic, so
-rerunning the script rewrites the same rows.
+The test scenes use seeds from ``scenes.TEST_SEED_OFFSET`` upwards and the dev scenes from ``scenes.DEV_SEED_OFFSET``;
+training draws neither. The four question kinds come in turn, 125 of each. A row holds its scene's seed and the
+objects placed, not the pixels: ``utils.demo_doc_to_visual`` draws the image from the seed. The output is
+deterministic, so rerunning the script rewrites the same rows.
 
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python tasks/fopru_demo/make_data.py [--split dev]
 """
@@ -12,7 +12,6 @@ rerunning the script rewrites the same rows.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from pathlib import Path
 
@@ -20,37 +19,33 @@ import datasets
 
 from fopru_eval.tools.demo import scenes
 
-NUM_DOCS = 200
+NUM_DOCS = 500
 
 
 def build_dataset(num_docs: int = NUM_DOCS, split: str = "test") -> datasets.Dataset:
-    rows = []
     make_docs = scenes.make_dev_docs if split == "dev" else scenes.make_test_docs
+    rows = []
     for index, (scene, question) in enumerate(make_docs(num_docs)):
-        png = io.BytesIO()
-        scene.image.save(png, format="PNG", optimize=True)
         layout = [{**vars(o), "position": scenes.position_name(o.row, o.col)} for o in scene.objects]
         rows.append(
             {
                 "question_id": f"fopru_demo{'_dev' if split == 'dev' else ''}_{index:04d}",
-                "image": {"bytes": png.getvalue(), "path": None},
+                "scene_seed": scene.seed,
                 "question": question.text,
                 "answer": question.answer,
                 "question_kind": question.kind,
                 "num_objects": len(scene.objects),
-                "scene_seed": scene.seed,
                 "layout": json.dumps(layout),
             }
         )
     features = datasets.Features(
         {
             "question_id": datasets.Value("string"),
-            "image": datasets.Image(),
+            "scene_seed": datasets.Value("int64"),
             "question": datasets.Value("string"),
             "answer": datasets.Value("string"),
             "question_kind": datasets.Value("string"),
             "num_objects": datasets.Value("int64"),
-            "scene_seed": datasets.Value("int64"),
             "layout": datasets.Value("string"),
         }
     )
