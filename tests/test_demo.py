@@ -102,6 +102,23 @@ def test_splits_are_disjoint_from_training_and_balanced() -> None:
     assert (first["scene_seed"], first["question"], first["answer"]) == (scene.seed, question.text, question.answer)
 
 
+def test_each_scene_is_drawn_once_per_process() -> None:
+    """lmms-eval loads a task's utils module afresh whenever it builds the task (a sweep: at every point), so the cache
+    of drawn scenes must outlive the module; else every point redraws 500 scenes (4 s of the demo's 9 s a point)."""
+    import importlib.util
+
+    def fresh_utils():  # as lmms-eval's !function loads it
+        spec = importlib.util.spec_from_file_location("utils", TASKS_DIR / "fopru_demo" / "utils.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    doc = {"scene_seed": scenes.TEST_SEED_OFFSET + 3}
+    [first], [second] = fresh_utils().demo_doc_to_visual(doc), fresh_utils().demo_doc_to_visual(doc)
+    assert first is second
+    assert first.tobytes() == scenes.make_scene(doc["scene_seed"]).image.tobytes()
+
+
 # ----- the checkpoint ---------------------------------------------------------------------------------------------
 
 

@@ -2,12 +2,11 @@
 
 A doc stores its scene's seed, not its pixels: ``fopru_eval.tools.demo.scenes`` draws the same 336 px image from the
 same seed every time (``tests/test_demo.py`` checks it), which keeps the benchmark a few kilobytes instead of the
-60 MB its noisy textures take as PNGs. A sweep asks for each doc's image once per point, so drawn images are cached.
+60 MB its noisy textures take as PNGs. ``scenes.scene_image`` draws each scene once per process.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 from PIL import Image
@@ -15,13 +14,8 @@ from PIL import Image
 from fopru_eval.tools.demo import scenes
 
 
-@lru_cache(maxsize=1024)  # both splits' scenes (500 each): a sweep draws each once
-def scene_image(seed: int) -> Image.Image:
-    return scenes.make_scene(seed).image
-
-
 def demo_doc_to_visual(doc: dict[str, Any]) -> list[Image.Image]:
-    return [scene_image(doc["scene_seed"])]
+    return [scenes.scene_image(doc["scene_seed"])]
 
 
 def demo_doc_to_text(doc: dict[str, Any], lmms_eval_specific_kwargs: dict[str, Any] | None = None) -> str:

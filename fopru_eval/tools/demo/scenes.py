@@ -25,6 +25,7 @@ from __future__ import annotations
 import colorsys
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -173,6 +174,14 @@ def make_scene(seed: int) -> Scene:
     for obj in objects:
         draw_object(rng, draw, obj)
     return Scene(seed, tuple(objects), image.filter(ImageFilter.SMOOTH))
+
+
+@lru_cache(maxsize=1024)  # both benchmark splits (500 scenes each)
+def scene_image(seed: int) -> Image.Image:
+    """The image of scene ``seed``, drawn once per process: the benchmark's docs store seeds, and a sweep asks for
+    every doc's image once per point. The cache lives here, not in the task's ``utils.py``, because lmms-eval loads a
+    task's utils module afresh each time it builds the task, which a sweep does at every point."""
+    return make_scene(seed).image
 
 
 # ----- questions --------------------------------------------------------------------------------------------------
