@@ -199,3 +199,10 @@ def test_the_demo_command_writes_curve_table_and_pictures(tmp_path: Path) -> Non
 
     with Image.open(folder / "kept_tokens.png") as picture:
         assert picture.size == (3 * 336, 3 * (336 + 30))
+
+
+def test_a_misspelt_training_option_is_refused() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="patch_classes='colour'; accepted values: color, object"):
+        train.TrainConfig(patch_classes="colour")

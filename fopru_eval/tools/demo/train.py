@@ -52,9 +52,10 @@ from fopru_eval.tools.demo import scenes
 
 PATCH_SIZE = scenes.PATCH_SIZE
 NUM_PATCHES = (scenes.IMAGE_SIZE // PATCH_SIZE) ** 2
-# Scene seeds per stage, both below scenes.TEST_SEED_OFFSET, so no training scene shares a seed with a test scene.
+# Scene seeds per stage, both below scenes.DEV_SEED_OFFSET, so no training scene shares a seed with a dev or test scene.
 VISION_SEEDS = 0
 LANGUAGE_SEEDS = 500_000_000
+PATCH_CLASSES = ("color", "object")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,10 @@ class TrainConfig:
     language_batch: int = 16
     language_lr: float = 2e-3
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.patch_classes not in PATCH_CLASSES:
+            raise ValueError(f"patch_classes={self.patch_classes!r}; accepted values: {', '.join(PATCH_CLASSES)}")
 
 
 # ----- model and processor --------------------------------------------------------------------------------------
