@@ -4,6 +4,7 @@ scores what the README says, and ``fopru-eval demo`` writes the curve, the table
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,10 +15,20 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
+import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from conftest import TASKS_DIR
-from fopru_eval.tools.demo import CHECKPOINT, NONE_ACCURACY, NONE_TOLERANCE, RANDOM_64_MAX_ACCURACY, scenes, train
+from fopru_eval.tools.demo import (
+    CHECKPOINT,
+    NONE_ACCURACY,
+    NONE_TOLERANCE,
+    RANDOM_64_MAX_ACCURACY,
+    scenes,
+    train,
+    vision_pretraining,
+)
 
 BIN = Path(sys.executable).parent
 KINDS = ("attribute", "existence", "count", "relation")
@@ -50,7 +61,7 @@ def test_scenes_are_mostly_background_with_small_objects() -> None:
     for seed in range(20):
         scene = scenes.make_scene(seed)
         assert scene.image.size == (336, 336)
-        covered = [label for label in train.patch_labels(scene, "color") if label]
+        covered = [label for label in vision_pretraining.patch_labels(scene, "color") if label]
         # Each object covers a few of the 576 patches; together at most about a tenth of the image.
         assert len(scene.objects) <= len(covered) <= 10 * len(scene.objects) <= 60
         assert len({o.cell for o in scene.objects}) == len(scene.objects)
@@ -95,7 +106,7 @@ def test_splits_are_disjoint_from_training_and_balanced() -> None:
         assert all(row["scene_seed"] >= first for row in rows)
         assert Counter(row["question_kind"] for row in rows) == dict.fromkeys(KINDS, 125)
     # Training draws below the dev seeds.
-    assert train.LANGUAGE_SEEDS + 10**8 <= scenes.DEV_SEED_OFFSET < scenes.TEST_SEED_OFFSET
+    assert scenes.LANGUAGE_SEED_OFFSET + 10**8 <= scenes.DEV_SEED_OFFSET < scenes.TEST_SEED_OFFSET
     # The stored rows are what the generator draws from their seeds.
     [scene, question] = scenes.make_test_docs(1)[0]
     first = pq.read_table(TASKS_DIR / "fopru_demo" / "data" / "fopru_demo.parquet").slice(0, 1).to_pylist()[0]
@@ -202,7 +213,27 @@ def test_the_demo_command_writes_curve_table_and_pictures(tmp_path: Path) -> Non
 
 
 def test_a_misspelt_training_option_is_refused() -> None:
-    import pytest
-
     with pytest.raises(ValueError, match="patch_classes='colour'; accepted values: color, object"):
         train.TrainConfig(patch_classes="colour")
+    with pytest.raises(ValueError, match="patch_layer=-4; accepted values: -3 to -1"):
+        train.TrainConfig(patch_layer=-4)
+
+
+def test_patch_cells_follow_the_grid() -> None:
+    cells = vision_pretraining.patch_cells().view(24, 24)
+    assert cells[0, 0] == 0 and cells[0, 23] == 2 and cells[23, 0] == 6 and cells[23, 23] == 8
+    assert cells[7, 7] == 0 and cells[8, 8] == 4 and cells[8, 16] == 5
+    assert all((cells == cell).sum() == 64 for cell in range(9))
+
+
+def test_stage_one_is_reused_only_from_a_run_with_the_same_stage_one(tmp_path: Path) -> None:
+    report = json.loads((CHECKPOINT / "training_report.json").read_text())
+    cfg = train.TrainConfig(**{k: v for k, v in report["config"].items() if k in train.STAGE1_FIELDS})
+    tokenizer = train.build_tokenizer()
+    model = train.build_model(tokenizer, cfg)
+    seconds, accuracy = train.reuse_vision(model, CHECKPOINT, cfg)
+    assert (seconds, accuracy) == (report["stage1_seconds"], report["stage1_heldout_cell_accuracy"])
+    shipped = LlavaForConditionalGeneration.from_pretrained(CHECKPOINT).model.vision_tower.state_dict()
+    assert all(torch.equal(value, model.model.vision_tower.state_dict()[name]) for name, value in shipped.items())
+    with pytest.raises(ValueError, match="its stage 1 differs from this run's in vision_steps"):
+        train.reuse_vision(model, CHECKPOINT, dataclasses.replace(cfg, vision_steps=cfg.vision_steps + 1))

@@ -52,6 +52,10 @@ COLS = ("left", "center", "right")
 RELATIONS: dict[str, tuple[int, int]] = {"left of": (0, -1), "right of": (0, 1), "above": (-1, 0), "below": (1, 0)}
 KINDS = ("attribute", "existence", "count", "relation")
 
+# Training draws its scenes from two ranges below the dev seeds: stage 1 (the tower) from VISION_SEED_OFFSET and
+# stage 2 (the conversations) from LANGUAGE_SEED_OFFSET, so no training scene shares a seed with a dev or test scene.
+VISION_SEED_OFFSET = 0
+LANGUAGE_SEED_OFFSET = 500_000_000
 DEV_SEED_OFFSET = 900_000_000  # dev scenes use seeds >= this (and below the test seeds); training draws below it
 TEST_SEED_OFFSET = 1_000_000_000  # test scenes use seeds >= this
 

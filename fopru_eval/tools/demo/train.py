@@ -5,20 +5,19 @@
 The model has LLaVA-1.5's geometry: 336 px images, 14 px patches, 24 x 24 = 576 visual tokens plus CLS, features from
 the ViT's second-to-last layer without CLS, so peers' budgets (192 / 128 / 64 tokens) apply as they are.
 
-Stage 1 (the vision encoder). A small CLIP ViT learns the synthetic scenes (``scenes.py``) from its CLS token: a
-linear head on the pooled CLS output predicts, for each of the 9 grid cells, which shape (or nothing) and which
-colour (or nothing) is there. The CLS token can only do that by attending to the few patches that hold objects among
-the textured background and clutter. The head is thrown away.
+Stage 1 (the vision encoder, ``vision_pretraining.py``). A small CLIP ViT learns the synthetic scenes
+(``scenes.py``) from its CLS token, which must attend to the few patches that hold objects, and optionally from
+dense heads on its patch tokens. The heads are thrown away.
 
 Stage 2 (the assistant). The ViT is frozen. LLaVA's projector (linear, GELU, linear) and a small Llama, both from
 scratch, learn to answer questions about the scenes from the ViT's second-to-last layer without its CLS token
 (``vision_feature_layer=-2``, ``"default"`` strategy, as in LLaVA-1.5), through ``LlavaForConditionalGeneration``'s
-own forward. Prompts use the same chat template as inference; each image carries a multi-turn conversation (two
-questions of each kind and an existence pair, then a description of the whole scene, like the multi-turn
-conversations of LLaVA's instruction data), the loss covers only the answer tokens, and batches are left-padded with
-the position ids ``generate`` uses. LLaVA first trains the projector alone to align it with a pretrained LLM; our LLM
-starts from scratch, so projector and LLM train together from the start. Training never sees a pruned image: FoPru
-is training-free.
+own forward. Prompts use the same chat template as inference; each image carries a multi-turn conversation
+(``questions_per_kind`` questions of each kind and an existence pair, then a description of the whole scene, like
+the multi-turn conversations of LLaVA's instruction data), the loss covers only the answer tokens, and batches are
+left-padded with the position ids ``generate`` uses. LLaVA first trains the projector alone to align it with a
+pretrained LLM; our LLM starts from scratch, so projector and LLM train together from the start. Training never sees
+a pruned image: FoPru is training-free.
 
 Two choices make from-scratch training work at this width (both found by stalled runs of the earlier 64-token demo):
 sine-cosine initial position embeddings for the ViT and a 1/sqrt(width) initialisation for the Llama (see the
@@ -40,22 +39,30 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from transformers import LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast
 
 from fopru_eval.tools.checkpoints import llava as random_llava
 from fopru_eval.tools.checkpoints.llava import LlavaSize, llava_processor, random_llava_model
 from fopru_eval.tools.demo import scenes
+from fopru_eval.tools.demo.vision_pretraining import PATCH_CLASSES, cosine_lr, pixels, pretrain_vision
 
 PATCH_SIZE = scenes.PATCH_SIZE
 NUM_PATCHES = (scenes.IMAGE_SIZE // PATCH_SIZE) ** 2
-# Scene seeds per stage, both below scenes.DEV_SEED_OFFSET, so no training scene shares a seed with a dev or test scene.
-VISION_SEEDS = 0
-LANGUAGE_SEEDS = 500_000_000
-PATCH_CLASSES = ("color", "object")
+# The settings stage 1 depends on; a run that reuses an earlier stage 1 must agree on all of them.
+STAGE1_FIELDS = (
+    "vision_hidden",
+    "vision_layers",
+    "vision_heads",
+    "vision_steps",
+    "vision_batch",
+    "vision_lr",
+    "patch_loss",
+    "patch_classes",
+    "patch_layer",
+    "cell_loss",
+    "seed",
+)
 
 
 @dataclass(frozen=True)
@@ -70,9 +77,14 @@ class TrainConfig:
     vision_batch: int = 32
     vision_lr: float = 2e-3
     # Optional dense objective: a linear head on every patch token predicts what covers it, "color" (the object
-    # colour, or none) or "object" (colour and shape, or none), weighted by patch_loss.
+    # colour, or none) or "object" (colour and shape, or none), weighted by patch_loss, on the hidden state
+    # patch_layer (-1 the last layer; -2 the one LLaVA's projector reads). cell_loss weights a second head there
+    # that predicts each patch's grid cell, so "where" is linear in the features the LLM reads.
     patch_loss: float = 1.0
     patch_classes: str = "color"
+    patch_layer: int = -1
+    cell_loss: float = 0.0
+    questions_per_kind: int = 2
     language_steps: int = 1200
     language_batch: int = 16
     language_lr: float = 2e-3
@@ -81,6 +93,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.patch_classes not in PATCH_CLASSES:
             raise ValueError(f"patch_classes={self.patch_classes!r}; accepted values: {', '.join(PATCH_CLASSES)}")
+        if not -self.vision_layers <= self.patch_layer <= -1:
+            raise ValueError(f"patch_layer={self.patch_layer}; accepted values: -{self.vision_layers} to -1")
 
 
 # ----- model and processor --------------------------------------------------------------------------------------
@@ -121,142 +135,6 @@ def build_processor(tokenizer: PreTrainedTokenizerFast) -> LlavaProcessor:
     return llava_processor(tokenizer, LlavaSize(image_size=scenes.IMAGE_SIZE, patch_size=PATCH_SIZE))
 
 
-def pixels(processor: LlavaProcessor, images: list[Image.Image]) -> torch.Tensor:
-    return processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
-
-
-def cosine_lr(step: int, steps: int, peak: float) -> float:
-    """Linear warm-up over the first 5% of steps, then cosine decay to zero: stable from-scratch training."""
-    warmup = max(1, steps // 20)
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-
-# ----- stage 1: the vision encoder, from its CLS token ---------------------------------------------------------
-
-
-def cell_labels(scene: scenes.Scene) -> tuple[list[int], list[int]]:
-    """Per cell: shape index and colour index, 0 meaning an empty cell."""
-    shapes, colors = [0] * scenes.GRID**2, [0] * scenes.GRID**2
-    for obj in scene.objects:
-        shapes[obj.cell] = 1 + scenes.SHAPES.index(obj.shape)
-        colors[obj.cell] = 1 + list(scenes.COLORS).index(obj.color)
-    return shapes, colors
-
-
-def patch_labels(scene: scenes.Scene, classes: str) -> list[int]:
-    """Per patch in raster order, 0 where no object colour covers a fifth of it, else its class: the object's colour
-    index + 1 (``classes="color"``) or colour and shape together, 1 + colour * shapes + shape (``"object"``)."""
-    array = np.asarray(scene.image, dtype=np.int16)
-    grid = scenes.IMAGE_SIZE // PATCH_SIZE
-    per_cell = grid // scenes.GRID  # 8 patches a cell side: a patch never straddles two cells
-    labels = np.zeros((grid, grid), dtype=np.int64)
-    for index, rgb in enumerate(scenes.COLORS.values()):
-        # Object interiors keep their exact colour through the scene's smoothing; textures never hit it exactly.
-        covered = (np.abs(array - np.array(rgb)).max(-1) <= 2).reshape(grid, PATCH_SIZE, grid, PATCH_SIZE)
-        labels[covered.mean((1, 3)) >= 0.2] = index + 1
-    if classes == "object":
-        for row, col in zip(*labels.nonzero(), strict=True):
-            obj = scene.at(row // per_cell, col // per_cell)
-            color = list(scenes.COLORS).index(obj.color) if obj is not None else labels[row, col] - 1
-            shape = scenes.SHAPES.index(obj.shape) if obj is not None else 0
-            labels[row, col] = 1 + color * len(scenes.SHAPES) + shape
-    return labels.flatten().tolist()
-
-
-def num_patch_classes(classes: str) -> int:
-    return 1 + len(scenes.COLORS) * (len(scenes.SHAPES) if classes == "object" else 1)
-
-
-def vision_batch(processor: LlavaProcessor, seeds: range, classes: str = "color") -> tuple[torch.Tensor, ...]:
-    """Pixels, per-cell shape and colour labels, and per-patch labels (``patch_labels``) of the scenes ``seeds``."""
-    batch = [scenes.make_scene(seed) for seed in seeds]
-    labels = [cell_labels(scene) for scene in batch]
-    shapes = torch.tensor([s for s, _ in labels])
-    colors = torch.tensor([c for _, c in labels])
-    patches = torch.tensor([patch_labels(scene, classes) for scene in batch])
-    return pixels(processor, [scene.image for scene in batch]), shapes, colors, patches
-
-
-class CellHead(torch.nn.Module):
-    """Pooled CLS -> per-cell shape and colour logits. Used only to pretrain the ViT, then discarded."""
-
-    def __init__(self, hidden: int) -> None:
-        super().__init__()
-        self.cells = scenes.GRID**2
-        self.shape = torch.nn.Linear(hidden, self.cells * (1 + len(scenes.SHAPES)))
-        self.color = torch.nn.Linear(hidden, self.cells * (1 + len(scenes.COLORS)))
-
-    def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.shape(pooled).view(-1, self.cells, 1 + len(scenes.SHAPES)), self.color(pooled).view(
-            -1, self.cells, 1 + len(scenes.COLORS)
-        )
-
-
-def sincos_positions(grid: int, dim: int) -> torch.Tensor:
-    """2-D sine-cosine position embeddings (as in MAE) for the CLS token (zeros) and a grid x grid patch layout."""
-    quarter = dim // 4
-    frequencies = 1.0 / 10000 ** (torch.arange(quarter) / quarter)
-    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-    angles = [coord.flatten()[:, None].float() * frequencies for coord in (rows, cols)]
-    patches = torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=1)
-    return torch.cat([torch.zeros(1, dim), patches])
-
-
-def pretrain_vision(model: LlavaForConditionalGeneration, processor: LlavaProcessor, cfg: TrainConfig) -> float:
-    """Train the CLIP tower and a per-cell head on the CLS token; return the head's per-cell accuracy on unseen
-    scenes (shape and colour both right)."""
-    tower = model.model.vision_tower
-    # CLIP initialises position embeddings at std 0.02, tiny next to the patch content at this width: every empty
-    # patch then looks the same, and a width-64 run sat at "all cells empty" for 1200 steps. Starting from
-    # sine-cosine positions (still trained) makes "where" visible from step 0; the same run then learned.
-    grid = scenes.IMAGE_SIZE // PATCH_SIZE
-    with torch.no_grad():
-        tower.embeddings.position_embedding.weight.copy_(sincos_positions(grid, cfg.vision_hidden))
-    head = CellHead(cfg.vision_hidden)
-    params = list(tower.parameters()) + list(head.parameters())
-    if cfg.patch_loss:
-        patch_head = torch.nn.Linear(cfg.vision_hidden, num_patch_classes(cfg.patch_classes))
-        params += list(patch_head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.01)
-    # Held out: seeds the stage never draws (just below the language stage's range).
-    heldout = vision_batch(processor, range(LANGUAGE_SEEDS - 512, LANGUAGE_SEEDS))
-    for step in range(cfg.vision_steps):
-        tower.train()
-        start = VISION_SEEDS + step * cfg.vision_batch
-        seeds = range(start, start + cfg.vision_batch)
-        images, shapes, colors, patch_targets = vision_batch(processor, seeds, cfg.patch_classes)
-        output = tower(pixel_values=images)
-        shape_logits, color_logits = head(output.pooler_output)
-        loss = F.cross_entropy(shape_logits.flatten(0, 1), shapes.flatten()) + F.cross_entropy(
-            color_logits.flatten(0, 1), colors.flatten()
-        )
-        if cfg.patch_loss:
-            patch_logits = patch_head(output.last_hidden_state[:, 1:])
-            loss = loss + cfg.patch_loss * F.cross_entropy(patch_logits.flatten(0, 1), patch_targets.flatten())
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, cfg.vision_steps, cfg.vision_lr)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        if step % 100 == 0 or step == cfg.vision_steps - 1:
-            accuracy = cell_accuracy(tower, head, heldout)
-            print(f"vision step {step:5d}  loss {loss.item():.4f}  held-out cell accuracy {accuracy:.3f}", flush=True)
-    tower.eval()
-    return accuracy
-
-
-@torch.no_grad()
-def cell_accuracy(tower: torch.nn.Module, head: CellHead, batch: tuple[torch.Tensor, ...]) -> float:
-    """Fraction of cells whose shape and colour (or emptiness) the CLS head gets both right."""
-    tower.eval()
-    images, shapes, colors, _ = batch
-    shape_logits, color_logits = head(tower(pixel_values=images).pooler_output)
-    return ((shape_logits.argmax(-1) == shapes) & (color_logits.argmax(-1) == colors)).float().mean().item()
-
-
 # ----- stage 2: projector and LLM, on conversations about the scenes --------------------------------------------
 
 
@@ -288,10 +166,10 @@ def left_pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([[value] * (width - len(row)) + row for row in rows])
 
 
-def language_batch(processor: LlavaProcessor, seeds: range) -> dict[str, torch.Tensor]:
+def language_batch(processor: LlavaProcessor, seeds: range, per_kind: int = 2) -> dict[str, torch.Tensor]:
     """A left-padded batch with the position ids ``generate`` derives from the mask, so training sees the same
     positions as batched inference."""
-    examples = [scenes.make_example(seed) for seed in seeds]
+    examples = [scenes.make_example(seed, per_kind) for seed in seeds]
     encoded = [encode_conversation(processor, questions) for _, questions in examples]
     input_ids = left_pad([ids for ids, _ in encoded], processor.tokenizer.pad_token_id)
     attention_mask = left_pad([[1] * len(ids) for ids, _ in encoded], 0)
@@ -319,8 +197,8 @@ def train_language(model: LlavaForConditionalGeneration, processor: LlavaProcess
     validation = scenes.make_dev_docs(200)
     for step in range(cfg.language_steps):
         model.train()
-        start = LANGUAGE_SEEDS + step * cfg.language_batch
-        batch = language_batch(processor, range(start, start + cfg.language_batch))
+        start = scenes.LANGUAGE_SEED_OFFSET + step * cfg.language_batch
+        batch = language_batch(processor, range(start, start + cfg.language_batch), cfg.questions_per_kind)
         loss = model(**batch).loss  # LLaVA's own forward: projector, placeholder merge, LLM, shifted CE on labels
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, cfg.language_steps, cfg.language_lr)
@@ -366,7 +244,7 @@ def training_docs(num_docs: int) -> list[tuple[scenes.Scene, scenes.Question]]:
     seed draws the same scene and the same first questions, so each doc's question was asked in its training
     conversation."""
     docs = []
-    for seed in range(LANGUAGE_SEEDS, LANGUAGE_SEEDS + num_docs):
+    for seed in range(scenes.LANGUAGE_SEED_OFFSET, scenes.LANGUAGE_SEED_OFFSET + num_docs):
         scene, questions = scenes.make_example(seed)
         docs.append((scene, next(q for q in questions if q.kind != "describe")))
     return docs
@@ -375,7 +253,21 @@ def training_docs(num_docs: int) -> list[tuple[scenes.Scene, scenes.Question]]:
 # ----- main -----------------------------------------------------------------------------------------------------
 
 
-def train(output: Path, cfg: TrainConfig, dev_docs: int = 500) -> dict[str, object]:
+def reuse_vision(model: LlavaForConditionalGeneration, checkpoint: Path, cfg: TrainConfig) -> tuple[float, float]:
+    """Load stage 1's tower from an earlier run with the same stage-1 settings, for trying stage-2 settings without
+    paying stage 1 again (it is deterministic, so this is the tower the full command trains). Returns that run's
+    stage-1 time and held-out cell accuracy."""
+    report = json.loads((checkpoint / "training_report.json").read_text())
+    defaults = TrainConfig()  # a report from before a field existed ran with its default
+    stage1 = [f for f in STAGE1_FIELDS if report["config"].get(f, getattr(defaults, f)) != getattr(cfg, f)]
+    if stage1:
+        raise ValueError(f"--vision-from {checkpoint}: its stage 1 differs from this run's in {', '.join(stage1)}")
+    earlier = LlavaForConditionalGeneration.from_pretrained(checkpoint)
+    model.model.vision_tower.load_state_dict(earlier.model.vision_tower.state_dict())
+    return report["stage1_seconds"], report["stage1_heldout_cell_accuracy"]
+
+
+def train(output: Path, cfg: TrainConfig, dev_docs: int = 500, vision_from: Path | None = None) -> dict[str, object]:
     # One thread: the small matrices here gain little from more, and on a shared CPU extra threads mostly wait
     # on each other (a step ran 3-10x slower with 2 threads on a busy 2-core machine). It also pins the float
     # summation order, so the same command gives the same weights.
@@ -389,10 +281,14 @@ def train(output: Path, cfg: TrainConfig, dev_docs: int = 500) -> dict[str, obje
     model = build_model(tokenizer, cfg)
     check_prompt_matches_processor(processor)
 
-    started = time.perf_counter()
-    cell_score = pretrain_vision(model, processor, cfg)
-    vision_seconds = time.perf_counter() - started
-    print(f"stage 1 done in {vision_seconds:.0f}s: held-out per-cell accuracy {cell_score:.3f}", flush=True)
+    if vision_from is None:
+        started = time.perf_counter()
+        cell_score = pretrain_vision(model, processor, cfg)
+        vision_seconds = time.perf_counter() - started
+        print(f"stage 1 done in {vision_seconds:.0f}s: held-out per-cell accuracy {cell_score:.3f}", flush=True)
+    else:
+        vision_seconds, cell_score = reuse_vision(model, vision_from, cfg)
+        print(f"stage 1 reused from {vision_from} (it took {vision_seconds:.0f}s there)", flush=True)
 
     started = time.perf_counter()
     train_language(model, processor, cfg)
@@ -408,6 +304,7 @@ def train(output: Path, cfg: TrainConfig, dev_docs: int = 500) -> dict[str, obje
         "torch_threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "stage1_seconds": round(vision_seconds),
+        "stage1_reused_from": None if vision_from is None else str(vision_from),
         "stage1_heldout_cell_accuracy": round(cell_score, 4),
         "stage2_seconds": round(language_seconds),
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -421,12 +318,13 @@ def train(output: Path, cfg: TrainConfig, dev_docs: int = 500) -> dict[str, obje
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "checkpoint")
+    parser.add_argument("--vision-from", type=Path, help="reuse stage 1 from this checkpoint (same stage-1 settings)")
     defaults = TrainConfig()
     for name, value in asdict(defaults).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args(argv)
     cfg = TrainConfig(**{name: getattr(args, name) for name in asdict(defaults)})
-    train(args.output, cfg)
+    train(args.output, cfg, vision_from=args.vision_from)
 
 
 if __name__ == "__main__":
