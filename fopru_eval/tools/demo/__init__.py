@@ -13,9 +13,9 @@ from pathlib import Path
 CHECKPOINT = Path(__file__).resolve().parent / "checkpoint"
 
 # lmms-eval exact match of the shipped checkpoint on fopru_demo (500 docs), strategy=none, batch size 16, CPU.
-NONE_ACCURACY = 0.570
+NONE_ACCURACY = 0.666
 # Each doc is 0.002, so this is 5 docs of slack for another CPU's float rounding (fp32 rounding moves the logits by
 # about 1e-4; few answers sit that close to a tie).
 NONE_TOLERANCE = 0.01
-# strategy=random at keep_tokens=64 measured 0.346; the test checks it stays well below NONE_ACCURACY.
+# strategy=random at keep_tokens=64 measured 0.360; the test checks it stays well below NONE_ACCURACY.
 RANDOM_64_MAX_ACCURACY = 0.45

@@ -81,11 +81,11 @@ class TrainConfig:
     # patch_layer (-1 the last layer; -2 the one LLaVA's projector reads). cell_loss weights a second head there
     # that predicts each patch's grid cell, so "where" is linear in the features the LLM reads.
     patch_loss: float = 1.0
-    patch_classes: str = "color"
-    patch_layer: int = -1
-    cell_loss: float = 0.0
-    questions_per_kind: int = 2
-    language_steps: int = 1200
+    patch_classes: str = "object"
+    patch_layer: int = -2
+    cell_loss: float = 1.0
+    questions_per_kind: int = 4
+    language_steps: int = 1100
     language_batch: int = 16
     language_lr: float = 2e-3
     seed: int = 0
