@@ -45,7 +45,13 @@ from transformers import LlavaForConditionalGeneration, LlavaProcessor, PreTrain
 from fopru_eval.tools.checkpoints import llava as random_llava
 from fopru_eval.tools.checkpoints.llava import LlavaSize, llava_processor, random_llava_model
 from fopru_eval.tools.demo import scenes
-from fopru_eval.tools.demo.vision_pretraining import PATCH_CLASSES, cosine_lr, pixels, pretrain_vision
+from fopru_eval.tools.demo.vision_pretraining import (
+    PATCH_CLASSES,
+    cosine_lr,
+    optimizer_step,
+    pixels,
+    pretrain_vision,
+)
 
 PATCH_SIZE = scenes.PATCH_SIZE
 NUM_PATCHES = (scenes.IMAGE_SIZE // PATCH_SIZE) ** 2
@@ -200,12 +206,7 @@ def train_language(model: LlavaForConditionalGeneration, processor: LlavaProcess
         start = scenes.LANGUAGE_SEED_OFFSET + step * cfg.language_batch
         batch = language_batch(processor, range(start, start + cfg.language_batch), cfg.questions_per_kind)
         loss = model(**batch).loss  # LLaVA's own forward: projector, placeholder merge, LLM, shifted CE on labels
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, cfg.language_steps, cfg.language_lr)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        optimizer_step(optimizer, params, loss, cosine_lr(step, cfg.language_steps, cfg.language_lr))
         if step % 100 == 0 or step == cfg.language_steps - 1:
             accuracy = answer_accuracy(model, processor, validation)
             by_kind = "  ".join(f"{kind} {value:.2f}" for kind, value in accuracy.items())

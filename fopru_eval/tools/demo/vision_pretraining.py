@@ -40,6 +40,18 @@ def cosine_lr(step: int, steps: int, peak: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], loss: torch.Tensor, lr: float
+) -> None:
+    """One step of both stages: learning rate ``lr``, gradients of ``loss`` clipped to norm 1."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+
+
 def cell_labels(scene: scenes.Scene) -> tuple[list[int], list[int]]:
     """Per cell: shape index and colour index, 0 meaning an empty cell."""
     shapes, colors = [0] * scenes.GRID**2, [0] * scenes.GRID**2
@@ -153,12 +165,7 @@ def pretrain_vision(model: LlavaForConditionalGeneration, processor: LlavaProces
             loss = loss + cfg.patch_loss * F.cross_entropy(patch_head(patch_tokens), patch_targets.flatten())
         if cfg.cell_loss:
             loss = loss + cfg.cell_loss * F.cross_entropy(cell_head(patch_tokens), cells)
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, cfg.vision_steps, cfg.vision_lr)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        optimizer_step(optimizer, params, loss, cosine_lr(step, cfg.vision_steps, cfg.vision_lr))
         if step % 100 == 0 or step == cfg.vision_steps - 1:
             accuracy = cell_accuracy(tower, head, heldout)
             print(f"vision step {step:5d}  loss {loss.item():.4f}  held-out cell accuracy {accuracy:.3f}", flush=True)
