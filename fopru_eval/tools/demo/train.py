@@ -172,7 +172,7 @@ def left_pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([[value] * (width - len(row)) + row for row in rows])
 
 
-def language_batch(processor: LlavaProcessor, seeds: range, per_kind: int = 2) -> dict[str, torch.Tensor]:
+def language_batch(processor: LlavaProcessor, seeds: range, per_kind: int) -> dict[str, torch.Tensor]:
     """A left-padded batch with the position ids ``generate`` derives from the mask, so training sees the same
     positions as batched inference."""
     examples = [scenes.make_example(seed, per_kind) for seed in seeds]
@@ -240,13 +240,13 @@ def answer_accuracy(
     return {kind: hits[kind] / totals[kind] for kind in totals}
 
 
-def training_docs(num_docs: int) -> list[tuple[scenes.Scene, scenes.Question]]:
+def training_docs(num_docs: int, per_kind: int) -> list[tuple[scenes.Scene, scenes.Question]]:
     """Single-turn docs from the first scenes stage 2 trained on, to compare train and held-out accuracy. The same
     seed draws the same scene and the same first questions, so each doc's question was asked in its training
     conversation."""
     docs = []
     for seed in range(scenes.LANGUAGE_SEED_OFFSET, scenes.LANGUAGE_SEED_OFFSET + num_docs):
-        scene, questions = scenes.make_example(seed)
+        scene, questions = scenes.make_example(seed, per_kind)
         docs.append((scene, next(q for q in questions if q.kind != "describe")))
     return docs
 
@@ -294,7 +294,7 @@ def train(output: Path, cfg: TrainConfig, dev_docs: int = 500, vision_from: Path
     started = time.perf_counter()
     train_language(model, processor, cfg)
     language_seconds = time.perf_counter() - started
-    train_acc = answer_accuracy(model, processor, training_docs(dev_docs))
+    train_acc = answer_accuracy(model, processor, training_docs(dev_docs, cfg.questions_per_kind))
     dev_acc = answer_accuracy(model, processor, scenes.make_dev_docs(dev_docs))
     print(f"stage 2 done in {language_seconds:.0f}s: train {train_acc}\n  dev {dev_acc}", flush=True)
 
