@@ -13,6 +13,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -223,32 +225,52 @@ class FoPruLMM(MultiRoundMixin, lmms):
         prompts, all_gen_kwargs = (
             zip(*(self.generation_prompt(r) for r in requests), strict=True) if requests else ((), ())
         )
+        return self._in_batches(
+            requests,
+            self._batches(prompts, all_gen_kwargs),
+            lambda indices: self._generate([prompts[i] for i in indices], all_gen_kwargs[indices[0]]),
+            "generating",
+        )
+
+    def _in_batches(
+        self,
+        requests: list[Instance],
+        batches: list[list[int]],
+        run_batch: Callable[[list[int]], list[GenerationResult]],
+        doing: str,
+    ) -> list[GenerationResult]:
+        """Each batch of request indices through ``run_batch``, results back in request order, token counts
+        recorded."""
         results: list[GenerationResult | None] = [None] * len(requests)
-        progress = tqdm(total=len(requests), disable=self.rank != 0, desc=f"{self.model_name} generating")
-        for indices in self._batches(prompts, all_gen_kwargs):
-            batch = [prompts[i] for i in indices]
-            outputs = self._generate(batch, all_gen_kwargs[indices[0]])
-            for i, output in zip(indices, outputs, strict=True):
+        progress = tqdm(total=len(requests), disable=self.rank != 0, desc=f"{self.model_name} {doing}")
+        for indices in batches:
+            for i, output in zip(indices, run_batch(indices), strict=True):
                 results[i] = output
             progress.update(len(indices))
         progress.close()
         self.visual_tokens.record(requests, results)  # type: ignore[arg-type]
         return results  # type: ignore[return-value]
 
-    def _generate(self, prompts: list[Prompt], gen_kwargs: dict[str, Any]) -> list[GenerationResult]:
-        """One batch: prune, generate, decode. Any failure fails the run, naming the docs it was on."""
+    @contextmanager
+    def _failing_loudly(self, prompts: list[Prompt], doing: str) -> Iterator[None]:
+        """Any failure in a batch fails the run, naming the docs it was on: no answer is ever left blank."""
         try:
             with torch.inference_mode():
-                batch = self.prepare(prompts)
-                prompt_length = batch.inputs["input_ids"].shape[1]
-                started = time.perf_counter()
-                sequences = self.model.generate(**batch.inputs, **self.generation_kwargs(gen_kwargs))
-                new_tokens = sequences[:, prompt_length:].cpu()
-                elapsed = time.perf_counter() - started
+                yield
         except Exception as error:
             docs = ", ".join(p.doc_key for p in prompts)
-            eval_logger.error(f"{self.model_name}: generation failed for {docs}: {error!r}")
-            raise RuntimeError(f"{self.model_name}: generation failed for {docs}") from error
+            eval_logger.error(f"{self.model_name}: {doing} failed for {docs}: {error!r}")
+            raise RuntimeError(f"{self.model_name}: {doing} failed for {docs}") from error
+
+    def _generate(self, prompts: list[Prompt], gen_kwargs: dict[str, Any]) -> list[GenerationResult]:
+        """One batch: prune, generate, decode."""
+        with self._failing_loudly(prompts, "generation"):
+            batch = self.prepare(prompts)
+            prompt_length = batch.inputs["input_ids"].shape[1]
+            started = time.perf_counter()
+            sequences = self.model.generate(**batch.inputs, **self.generation_kwargs(gen_kwargs))
+            new_tokens = sequences[:, prompt_length:].cpu()
+            elapsed = time.perf_counter() - started
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         output_tokens = [_count_until_eos(row, self.eot_token_id) for row in new_tokens]
         log_metrics(
@@ -307,30 +329,21 @@ class FoPruLMM(MultiRoundMixin, lmms):
             prompts.append(self._prompt_from_visuals(ctx, doc_to_visual, doc_id, task, split))
             target = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(self._doc(task, split, doc_id))
             continuations.append(target)
-        results: list[GenerationResult | None] = [None] * len(requests)
-        progress = tqdm(total=len(requests), disable=self.rank != 0, desc=f"{self.model_name} scoring")
-        for indices in self._batches(tuple(prompts), tuple({} for _ in prompts)):
-            outputs = self._score([prompts[i] for i in indices], [continuations[i] for i in indices])
-            for i, output in zip(indices, outputs, strict=True):
-                results[i] = output
-            progress.update(len(indices))
-        progress.close()
-        self.visual_tokens.record(requests, results)  # type: ignore[arg-type]
-        return results  # type: ignore[return-value]
+        return self._in_batches(
+            requests,
+            self._batches(tuple(prompts), tuple({} for _ in prompts)),
+            lambda indices: self._score([prompts[i] for i in indices], [continuations[i] for i in indices]),
+            "scoring",
+        )
 
     def _score(self, prompts: list[Prompt], continuations: list[str]) -> list[GenerationResult]:
-        try:
-            with torch.inference_mode():
-                batch = self.prepare(prompts, continuations)
-                targets = [self.tok_encode(c) for c in continuations]
-                longest = max(len(t) for t in targets)
-                # Left padding puts every continuation at the end of its row; the logits that predict it are the
-                # ``len(target)`` positions before the last.
-                logits = self.model(**batch.inputs, logits_to_keep=longest + 1).logits[:, :-1].float()
-        except Exception as error:
-            docs = ", ".join(p.doc_key for p in prompts)
-            eval_logger.error(f"{self.model_name}: loglikelihood failed for {docs}: {error!r}")
-            raise RuntimeError(f"{self.model_name}: loglikelihood failed for {docs}") from error
+        with self._failing_loudly(prompts, "loglikelihood"):
+            batch = self.prepare(prompts, continuations)
+            targets = [self.tok_encode(c) for c in continuations]
+            longest = max(len(t) for t in targets)
+            # Left padding puts every continuation at the end of its row; the logits that predict it are the
+            # ``len(target)`` positions before the last.
+            logits = self.model(**batch.inputs, logits_to_keep=longest + 1).logits[:, :-1].float()
         results = []
         for i, target in enumerate(targets):
             target_ids = torch.tensor(target, device=logits.device)

@@ -301,6 +301,9 @@ def test_a_generation_error_fails_loudly_naming_the_docs(tiny_llava: Path) -> No
     with mock.patch.object(ours.model, "generate", side_effect=RuntimeError("out of memory")):
         with pytest.raises(RuntimeError, match="generation failed for t/test/0, t/test/1"):
             ours._generate(prompts(2), {"max_new_tokens": 2})
+    with mock.patch.object(ours.model, "forward", side_effect=RuntimeError("out of memory")):
+        with pytest.raises(RuntimeError, match="loglikelihood failed for t/test/0, t/test/1"):
+            ours._score(prompts(2), ["yes", "no"])
 
 
 def test_non_image_visuals_are_refused(tiny_llava: Path) -> None:
