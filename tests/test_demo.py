@@ -22,6 +22,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 from conftest import TASKS_DIR
 from fopru_eval.tools.demo import (
     CHECKPOINT,
+    DEMO_POSITIONS,
     NONE_ACCURACY,
     NONE_TOLERANCE,
     RANDOM_64_MAX_ACCURACY,
@@ -171,7 +172,7 @@ def test_unpruned_demo_model_scores_what_the_readme_says(tmp_path: Path) -> None
 
 
 def test_random_pruning_to_64_tokens_hurts_the_demo_model(tmp_path: Path) -> None:
-    metrics, samples = demo_accuracy(tmp_path, "strategy=random,keep_tokens=64")
+    metrics, samples = demo_accuracy(tmp_path, f"strategy=random,keep_tokens=64,positions={DEMO_POSITIONS}")
     assert all(s["token_counts"][0]["visual_tokens_kept"] == 64 for s in samples)
     assert metrics["exact_match"] <= RANDOM_64_MAX_ACCURACY, metrics
 
@@ -237,3 +238,33 @@ def test_stage_one_is_reused_only_from_a_run_with_the_same_stage_one(tmp_path: P
     assert all(torch.equal(value, model.model.vision_tower.state_dict()[name]) for name, value in shipped.items())
     with pytest.raises(ValueError, match="its stage 1 differs from this run's in vision_steps"):
         train.reuse_vision(model, CHECKPOINT, dataclasses.replace(cfg, vision_steps=cfg.vision_steps + 1))
+
+
+def test_separate_turns_compute_exactly_what_single_turn_prompts_do() -> None:
+    """A packed row of separate turns must give every answer token the logits its own single-turn prompt gives at
+    inference; the row is padded (a second, longer row in the batch) to check padding too."""
+    cfg = train.TrainConfig(
+        vision_hidden=16, vision_layers=2, vision_heads=2, text_hidden=32, text_layers=2, text_heads=2
+    )
+    tokenizer = train.build_tokenizer()
+    processor, model = train.build_processor(tokenizer), train.build_model(tokenizer, cfg).eval()
+    seeds = range(7, 9)
+    batch = train.language_batch(processor, seeds, per_kind=2, turns="separate")
+    with torch.no_grad():
+        packed = model(**batch).logits
+    rows = [train.encode_separate_turns(processor, scenes.make_example(seed, 2)[1]) for seed in seeds]
+    row = min(range(len(rows)), key=lambda r: len(rows[r][0]))  # the padded one
+    scene, questions = scenes.make_example(seeds[row], 2)
+    row_ids, _, turns, _ = rows[row]
+    pad = batch["input_ids"].shape[1] - len(row_ids)
+    assert pad > 0 and batch["input_ids"][row, pad:].tolist() == row_ids
+    for turn, question in enumerate(questions, start=1):
+        ids, labels = train.encode_conversation(processor, [question])
+        with torch.no_grad():
+            image = vision_pretraining.pixels(processor, [scene.image])
+            single = model(input_ids=torch.tensor([ids]), pixel_values=image).logits
+        in_row = [pad + i for i, t in enumerate(turns) if t == turn]
+        own = len(ids) - len(in_row)  # where this turn's tokens start in its single-turn prompt
+        assert labels[own:] == batch["labels"][row, in_row].tolist()
+        torch.testing.assert_close(packed[row, in_row], single[0, own:], atol=1e-5, rtol=1e-4)
+    assert max(turns) == len(questions) > 5

@@ -25,13 +25,14 @@ def task_name(split: str) -> str:
 def run_demo(output_path: Path, split: str = "test", limit: int | None = None, wandb_project: str | None = None) -> int:
     """Sweep, table and pictures into ``output_path/<task>[-limit<N>]``; the sweep's exit status."""
     from fopru_eval.tools import sweep
-    from fopru_eval.tools.demo import CHECKPOINT
+    from fopru_eval.tools.demo import CHECKPOINT, DEMO_POSITIONS
 
     task = task_name(split)
     # One folder per split and limit, so that a rerun resumes its own points and never meets another run's.
     output = output_path / (task if limit is None else f"{task}-limit{limit}")
     sweep_argv = [
-        "--model", "llava_fopru", "--model_args", f"pretrained={CHECKPOINT}", "--tasks", task,
+        "--model", "llava_fopru", "--model_args", f"pretrained={CHECKPOINT},positions={DEMO_POSITIONS}",
+        "--tasks", task,
         "--strategies", DEMO_METHODS, "--scores", "logits,softmax", "--device", "cpu",
         "--batch_size", "16", "--output_path", str(output),
     ]  # fmt: skip

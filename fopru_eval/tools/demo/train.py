@@ -12,9 +12,12 @@ dense heads on its patch tokens. The heads are thrown away.
 Stage 2 (the assistant). The ViT is frozen. LLaVA's projector (linear, GELU, linear) and a small Llama, both from
 scratch, learn to answer questions about the scenes from the ViT's second-to-last layer without its CLS token
 (``vision_feature_layer=-2``, ``"default"`` strategy, as in LLaVA-1.5), through ``LlavaForConditionalGeneration``'s
-own forward. Prompts use the same chat template as inference; each image carries a multi-turn conversation
-(``questions_per_kind`` questions of each kind and an existence pair, then a description of the whole scene, like
-the multi-turn conversations of LLaVA's instruction data), the loss covers only the answer tokens, and batches are
+own forward. Prompts use the same chat template as inference. Each image carries ``questions_per_kind`` questions of
+each kind, an existence pair and a description of the whole scene, the loss covering only the answer tokens. With
+``turns="separate"`` (the default) each question is asked alone: one row stores the image once and every
+question-answer turn attends to it and to itself only, so no answer can be read off another's text (LLaVA's
+multi-turn conversations, ``turns="conversation"``, let "Is there a red circle?" be answered from "What shape is left
+of the red circle?" asked before it, which a single-question benchmark never offers). Batches are
 left-padded with the position ids ``generate`` uses. LLaVA first trains the projector alone to align it with a
 pretrained LLM; our LLM starts from scratch, so projector and LLM train together from the start. Training never sees
 a pruned image: FoPru is training-free.
@@ -69,6 +72,7 @@ STAGE1_FIELDS = (
     "cell_loss",
     "seed",
 )
+TURNS = ("conversation", "separate")
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,11 @@ class TrainConfig:
     patch_classes: str = "object"
     patch_layer: int = -2
     cell_loss: float = 1.0
-    questions_per_kind: int = 4
+    questions_per_kind: int = 8
+    # How an image's questions are trained: "conversation" asks them in one multi-turn chat, as LLaVA's data does;
+    # "separate" asks each alone in one packed row (see encode_separate_turns), so no answer can be read off an
+    # earlier question's text, which inference never offers.
+    turns: str = "separate"
     language_steps: int = 1100
     language_batch: int = 16
     language_lr: float = 2e-3
@@ -101,6 +109,8 @@ class TrainConfig:
             raise ValueError(f"patch_classes={self.patch_classes!r}; accepted values: {', '.join(PATCH_CLASSES)}")
         if not -self.vision_layers <= self.patch_layer <= -1:
             raise ValueError(f"patch_layer={self.patch_layer}; accepted values: -{self.vision_layers} to -1")
+        if self.turns not in TURNS:
+            raise ValueError(f"turns={self.turns!r}; accepted values: {', '.join(TURNS)}")
 
 
 # ----- model and processor --------------------------------------------------------------------------------------
@@ -167,25 +177,69 @@ def encode_conversation(processor: LlavaProcessor, questions: list[scenes.Questi
     return ids, labels
 
 
+def encode_separate_turns(
+    processor: LlavaProcessor, questions: list[scenes.Question]
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Each question as its own single-turn prompt and answer, packed into one row that stores their shared prefix
+    (the chat template's opening and the image) once: token ids, labels, turn of each token (0 for the prefix, then
+    1, 2, ...) and position ids. With ``turn_attention`` each turn sees the prefix and itself at the positions a
+    single-turn prompt has, so it computes exactly what the single-turn sample would, at a fraction of the cost
+    (the 576 image tokens are most of every sample)."""
+    singles = [encode_conversation(processor, [question]) for question in questions]
+    shared = shared_prompt_length(singles)
+    ids, labels = singles[0][0][:shared], [-100] * shared
+    turns, positions = [0] * shared, list(range(shared))
+    for turn, (single_ids, single_labels) in enumerate(singles, start=1):
+        ids += single_ids[shared:]
+        labels += single_labels[shared:]
+        turns += [turn] * (len(single_ids) - shared)
+        positions += range(shared, len(single_ids))
+    return ids, labels, turns, positions
+
+
+def shared_prompt_length(rows: list[tuple[list[int], list[int]]]) -> int:
+    """How many leading tokens every (ids, labels) row has in common, all of them prompt (label -100)."""
+    length = 0
+    while all(len(ids) > length and labels[length] == -100 for ids, labels in rows):
+        if len({ids[length] for ids, _ in rows}) > 1:
+            break
+        length += 1
+    return length
+
+
+def turn_attention(turns: torch.Tensor) -> torch.Tensor:
+    """The (batch, 1, length, length) boolean mask of packed rows: a token attends causally to the shared prefix
+    (turn 0) and to its own turn. Padding (turn -1) attends only to itself, which keeps its softmax finite."""
+    length = turns.shape[1]
+    query, key = turns[:, :, None], turns[:, None, :]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    allowed = causal & (key >= 0) & ((key == 0) | (key == query))
+    return (allowed | torch.eye(length, dtype=torch.bool))[:, None]
+
+
 def left_pad(rows: list[list[int]], value: int) -> torch.Tensor:
     width = max(len(row) for row in rows)
     return torch.tensor([[value] * (width - len(row)) + row for row in rows])
 
 
-def language_batch(processor: LlavaProcessor, seeds: range, per_kind: int) -> dict[str, torch.Tensor]:
+def language_batch(processor: LlavaProcessor, seeds: range, per_kind: int, turns: str) -> dict[str, torch.Tensor]:
     """A left-padded batch with the position ids ``generate`` derives from the mask, so training sees the same
-    positions as batched inference."""
+    positions as batched inference; with ``turns="separate"``, packed rows and their turn mask."""
     examples = [scenes.make_example(seed, per_kind) for seed in seeds]
-    encoded = [encode_conversation(processor, questions) for _, questions in examples]
-    input_ids = left_pad([ids for ids, _ in encoded], processor.tokenizer.pad_token_id)
-    attention_mask = left_pad([[1] * len(ids) for ids, _ in encoded], 0)
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0),
-        "labels": left_pad([labels for _, labels in encoded], -100),
-        "pixel_values": pixels(processor, [scene.image for scene, _ in examples]),
-    }
+    batch = {"pixel_values": pixels(processor, [scene.image for scene, _ in examples])}
+    if turns == "separate":
+        encoded = [encode_separate_turns(processor, questions) for _, questions in examples]
+        turn_ids = left_pad([row[2] for row in encoded], -1)
+        batch["attention_mask"] = turn_attention(turn_ids)
+        batch["position_ids"] = left_pad([row[3] for row in encoded], 0)
+    else:
+        encoded = [encode_conversation(processor, questions) for _, questions in examples]
+        mask = left_pad([[1] * len(row[0]) for row in encoded], 0)
+        batch["attention_mask"] = mask
+        batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    batch["input_ids"] = left_pad([row[0] for row in encoded], processor.tokenizer.pad_token_id)
+    batch["labels"] = left_pad([row[1] for row in encoded], -100)
+    return batch
 
 
 def check_prompt_matches_processor(processor: LlavaProcessor) -> None:
@@ -204,7 +258,8 @@ def train_language(model: LlavaForConditionalGeneration, processor: LlavaProcess
     for step in range(cfg.language_steps):
         model.train()
         start = scenes.LANGUAGE_SEED_OFFSET + step * cfg.language_batch
-        batch = language_batch(processor, range(start, start + cfg.language_batch), cfg.questions_per_kind)
+        seeds = range(start, start + cfg.language_batch)
+        batch = language_batch(processor, seeds, cfg.questions_per_kind, cfg.turns)
         loss = model(**batch).loss  # LLaVA's own forward: projector, placeholder merge, LLM, shifted CE on labels
         optimizer_step(optimizer, params, loss, cosine_lr(step, cfg.language_steps, cfg.language_lr))
         if step % 100 == 0 or step == cfg.language_steps - 1:
