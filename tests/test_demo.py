@@ -218,6 +218,8 @@ def test_a_misspelt_training_option_is_refused() -> None:
         train.TrainConfig(patch_classes="colour")
     with pytest.raises(ValueError, match="patch_layer=-4; accepted values: -3 to -1"):
         train.TrainConfig(patch_layer=-4)
+    with pytest.raises(ValueError, match="turns='single'; accepted values: conversation, separate"):
+        train.TrainConfig(turns="single")
 
 
 def test_patch_cells_follow_the_grid() -> None:
