@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -186,8 +187,13 @@ def test_the_demo_command_writes_curve_table_and_pictures(tmp_path: Path) -> Non
     from fopru_eval.tools.cli import main
 
     output = tmp_path / "demo"
-    assert main(["demo", "--output-path", str(output), "--limit", "24"]) == 0
+    # A model of one's own goes in with --checkpoint: here a copy of the shipped one, so the scores stay comparable.
+    checkpoint = tmp_path / "my-demo-model"
+    shutil.copytree(CHECKPOINT, checkpoint)
+    assert main(["demo", "--output-path", str(output), "--limit", "24", "--checkpoint", str(checkpoint)]) == 0
     [summary] = output.rglob("summary.csv")
+    manifest = json.loads((summary.parent / "manifest.json").read_text())
+    assert manifest["model_args"] == f"pretrained={checkpoint},positions=original"
     rows = list(csv.DictReader(summary.read_text().splitlines()))
     # Every method at peers' budgets: 192, 128 and 64 of the model's 576 tokens.
     methods = ["rank+logits", "rank+softmax", "row+logits", "row+softmax", "rank+cls+logits", "rank+cls+softmax"]
@@ -211,6 +217,14 @@ def test_the_demo_command_writes_curve_table_and_pictures(tmp_path: Path) -> Non
 
     with Image.open(folder / "kept_tokens.png") as picture:
         assert picture.size == (3 * 336, 3 * (336 + 30))
+
+
+def test_a_demo_checkpoint_that_is_not_a_model_is_refused(tmp_path: Path) -> None:
+    from fopru_eval.tools.cli import main
+
+    with pytest.raises(FileNotFoundError, match="--checkpoint .*no config.json"):
+        main(["demo", "--output-path", str(tmp_path / "demo"), "--checkpoint", str(tmp_path)])
+    assert not (tmp_path / "demo").exists()
 
 
 def test_a_misspelt_training_option_is_refused() -> None:

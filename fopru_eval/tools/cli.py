@@ -22,7 +22,8 @@ def demo(args: argparse.Namespace) -> int:
     table per question kind and a picture of the tokens each method keeps."""
     from fopru_eval.tools.demo.run import run_demo
 
-    return run_demo(Path(args.output_path), args.split, args.limit, args.wandb_project)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    return run_demo(Path(args.output_path), args.split, args.limit, args.wandb_project, checkpoint)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         "--split", choices=("test", "dev"), default="test", help="dev: the split choices are made on (default test)"
     )
     demo_parser.add_argument("--limit", type=int, help="questions to run, for a quick look (default all 500)")
+    demo_parser.add_argument(
+        "--checkpoint",
+        help="a demo model of your own (python -m fopru_eval.tools.demo.train --output DIR); default: the shipped one",
+    )
     demo_parser.set_defaults(run=demo)
 
     for command, default_model in (("make-random", None), ("make-random-llava", "llava_fopru")):

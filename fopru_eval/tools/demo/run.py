@@ -22,16 +22,29 @@ def task_name(split: str) -> str:
     return "fopru_demo_dev" if split == "dev" else "fopru_demo"
 
 
-def run_demo(output_path: Path, split: str = "test", limit: int | None = None, wandb_project: str | None = None) -> int:
-    """Sweep, table and pictures into ``output_path/<task>[-limit<N>]``; the sweep's exit status."""
+def run_demo(
+    output_path: Path,
+    split: str = "test",
+    limit: int | None = None,
+    wandb_project: str | None = None,
+    checkpoint: Path | None = None,
+) -> int:
+    """Sweep, table and pictures into ``output_path/<task>[-limit<N>]``; the sweep's exit status.
+
+    ``checkpoint`` is a demo model of one's own (``python -m fopru_eval.tools.demo.train --output DIR``); by default
+    the shipped one."""
     from fopru_eval.tools import sweep
     from fopru_eval.tools.demo import CHECKPOINT, DEMO_POSITIONS
+
+    checkpoint = CHECKPOINT if checkpoint is None else checkpoint
+    if not (checkpoint / "config.json").is_file():
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: no config.json there; expected a demo model's folder")
 
     task = task_name(split)
     # One folder per split and limit, so that a rerun resumes its own points and never meets another run's.
     output = output_path / (task if limit is None else f"{task}-limit{limit}")
     sweep_argv = [
-        "--model", "llava_fopru", "--model_args", f"pretrained={CHECKPOINT},positions={DEMO_POSITIONS}",
+        "--model", "llava_fopru", "--model_args", f"pretrained={checkpoint},positions={DEMO_POSITIONS}",
         "--tasks", task,
         "--strategies", DEMO_METHODS, "--scores", "logits,softmax", "--device", "cpu",
         "--batch_size", "16", "--output_path", str(output),
@@ -49,7 +62,7 @@ def run_demo(output_path: Path, split: str = "test", limit: int | None = None, w
     summary = json.loads((output / "summary.json").read_text(encoding="utf-8"))
     table = kinds_table(summary["points"], task)
     (output / "table.md").write_text(table, encoding="utf-8")
-    picture = write_picture(summary["points"], task, output / "kept_tokens.png")
+    picture = write_picture(summary["points"], task, output / "kept_tokens.png", checkpoint)
     print(f"\n{table}\nfopru-eval demo: {output / 'table.md'}, {picture}")
     return 0
 
@@ -69,14 +82,14 @@ def kinds_table(rows: list[dict[str, Any]], task: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_picture(rows: list[dict[str, Any]], task: str, path: Path) -> Path:
+def write_picture(rows: list[dict[str, Any]], task: str, path: Path, checkpoint: Path) -> Path:
     """What each method kept of the split's first scene at the smallest budget of the run."""
     import pyarrow.parquet as pq
 
     import fopru_eval_tasks
     from fopru_eval.core.config import PruningConfig
     from fopru_eval.families.llava import Llava
-    from fopru_eval.tools.demo import CHECKPOINT, scenes
+    from fopru_eval.tools.demo import scenes
     from fopru_eval.tools.demo.pictures import write_kept_pictures
 
     data = Path(fopru_eval_tasks.__file__).parent / "fopru_demo" / "data" / f"{task}.parquet"
@@ -87,7 +100,7 @@ def write_picture(rows: list[dict[str, Any]], task: str, path: Path) -> Path:
         if row["keep_tokens"] == smallest:
             args = {name: row[name] for name in ("strategy", "keep_tokens", "significance", "scores") if row[name]}
             configs[row["label"]] = PruningConfig.from_model_args(args)[0]
-    family = Llava.load(str(CHECKPOINT))
+    family = Llava.load(str(checkpoint))
     image = scenes.make_scene(doc["scene_seed"]).image
     # The doc key lmms-eval's run gives doc 0 of the task's only split, so random draws what it drew there.
     return write_kept_pictures(family, configs, image, doc["question"], f"{task}/test/0", path)
