@@ -31,6 +31,7 @@ from fopru_eval.families import Family, Prompt, prune_batch
 from fopru_model_adapters.args import positive_int, torch_dtype
 from fopru_model_adapters.multi_round import MultiRoundMixin
 from fopru_model_adapters.requests import (
+    LoglikelihoodAnswer,
     PreparedBatch,
     VideoReader,
     VisualTokenLedger,
@@ -38,6 +39,7 @@ from fopru_model_adapters.requests import (
     prompt_from_visuals,
     prompt_size,
 )
+from fopru_model_adapters.task_prompts import TaskPrompts
 
 __all__ = ["FoPruLMM", "PreparedBatch", "Prompt"]
 
@@ -52,6 +54,9 @@ class FoPruLMM(MultiRoundMixin, lmms):
     is_simple = True
     model_name = "fopru"
     family_class: ClassVar[type[Family]]
+    # The lmms-eval model this adapter is a drop-in for: where a task keys its prompts by that name, requests are
+    # rebuilt with them (``task_prompts.py``), so strategy=none scores as that model does.
+    lmms_model: ClassVar[str]
     # What dtype=... defaults to: what lmms-eval's own adapter for the family loads, so strategy=none is a drop-in.
     default_dtype = "auto"
 
@@ -81,6 +86,7 @@ class FoPruLMM(MultiRoundMixin, lmms):
         model_dtype = torch_dtype(dtype or self.default_dtype)
         self.use_cache = bool(use_cache)
         self.visual_tokens = VisualTokenLedger()
+        self.task_prompts = TaskPrompts(self.model_name, self.lmms_model)
         self.family_class.check_checkpoint(
             pretrained, self.model_name, self.pruning, revision=revision, trust_remote_code=trust_remote_code
         )
@@ -118,6 +124,9 @@ class FoPruLMM(MultiRoundMixin, lmms):
         self.model, self.processor = self.family.model, self.family.processor
         self.tokenizer = self.processor.tokenizer
         self._config = self.model.config
+        # As lmms-eval's adapters take it: the template that renders every prompt (the processor's, and the
+        # tokenizer's where an adapter renders prompts with the tokenizer, as the simple LLaVA class does).
+        self.chat_template = chat_template
         if chat_template is not None:
             self.processor.chat_template = chat_template
         self.tokenizer.padding_side = "left"
@@ -214,10 +223,29 @@ class FoPruLMM(MultiRoundMixin, lmms):
     def generation_prompt(self, request: Instance) -> tuple[Prompt, dict[str, Any]]:
         if self.is_simple:
             ctx, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
+            ctx, doc_to_visual, gen_kwargs = self._as_lmms_model_asks(
+                ctx, doc_to_visual, gen_kwargs, doc_id, task, split
+            )
             return self._prompt_from_visuals(ctx, doc_to_visual, doc_id, task, split), gen_kwargs
         ctx, doc_to_messages, gen_kwargs, doc_id, task, split = request.args
+        _, doc_to_messages, gen_kwargs = self._as_lmms_model_asks(
+            None, doc_to_messages, gen_kwargs, doc_id, task, split
+        )
         messages = doc_to_messages(self._doc(task, split, doc_id))
         return self._prompt_from_messages(messages, doc_id, task, split), gen_kwargs
+
+    def _as_lmms_model_asks(
+        self, ctx: str | None, doc_function: Any, gen_kwargs: dict[str, Any], doc_id: int, task: str, split: str
+    ) -> tuple[str | None, Any, dict[str, Any]]:
+        """A request's context, its task's bound ``doc_to_visual`` / ``doc_to_messages`` and its gen_kwargs as
+        lmms-eval builds them for ``lmms_model`` where the task keys them by that name (``task_prompts.py``)."""
+        keyed = self.task_prompts.keyed(doc_function)
+        if keyed is None:
+            return ctx, doc_function, gen_kwargs
+        if ctx is not None:
+            ctx = keyed.context(ctx, self._doc(task, split, doc_id))
+        rebuilt = getattr(keyed.task, doc_function.__name__)
+        return ctx, rebuilt, {**gen_kwargs, **keyed.generation_kwargs}
 
     # ----- generation ----------------------------------------------------------------------------------------------
 
@@ -326,6 +354,7 @@ class FoPruLMM(MultiRoundMixin, lmms):
         prompts, continuations = [], []
         for request in requests:
             ctx, doc_to_target, doc_to_visual, doc_id, task, split = request.args
+            ctx, doc_to_visual, _ = self._as_lmms_model_asks(ctx, doc_to_visual, {}, doc_id, task, split)
             prompts.append(self._prompt_from_visuals(ctx, doc_to_visual, doc_id, task, split))
             target = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(self._doc(task, split, doc_id))
             continuations.append(target)
@@ -351,7 +380,8 @@ class FoPruLMM(MultiRoundMixin, lmms):
             loss = -row.log_softmax(dim=-1).gather(-1, target_ids.unsqueeze(-1)).mean().item()
             is_greedy = bool((row.argmax(dim=-1) == target_ids).all())
             counts = batch.token_counts(i)
-            results.append(GenerationResult(text=(loss, is_greedy), token_counts=counts))  # type: ignore[arg-type]
+            answer = LoglikelihoodAnswer(loss, is_greedy)
+            results.append(GenerationResult(text=answer, token_counts=counts))  # type: ignore[arg-type]
         return results
 
 

@@ -4,10 +4,10 @@ views, newline rule, budgets per view) is ``fopru_eval/families/llava_next.py``.
 from __future__ import annotations
 
 from fopru_eval.families.llava_next import LlavaNext
-from fopru_model_adapters.base import FoPruLMM
+from fopru_model_adapters.llava import LlavaHfPrompts
 
 
-class LlavaNextFoPru(FoPruLMM):
+class LlavaNextFoPru(LlavaHfPrompts):
     """LLaVA-NeXT with FoPru; the simple variant, used for loglikelihood and multiple-choice (``--force_simple``)."""
 
     model_name = "llava_next_fopru"

@@ -13,12 +13,12 @@ from typing import Any
 
 from fopru_eval.families.llava_onevision import LlavaOnevision
 from fopru_model_adapters.args import positive_int
-from fopru_model_adapters.base import FoPruLMM
+from fopru_model_adapters.llava import LlavaHfPrompts
 from fopru_model_adapters.requests import VideoReader
 from fopru_model_adapters.video import read_uniform_frames
 
 
-class LlavaOnevisionFoPru(FoPruLMM):
+class LlavaOnevisionFoPru(LlavaHfPrompts):
     """LLaVA-OneVision with FoPru; the simple variant, for loglikelihood and multiple-choice (``--force_simple``)."""
 
     model_name = "llava_onevision_fopru"

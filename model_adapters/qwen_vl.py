@@ -56,10 +56,10 @@ class QwenVLFoPru(FoPruLMM):
         super().__init__(pretrained, **kwargs)
 
     def processor_kwargs(self) -> dict[str, Any]:
-        # As in lmms-eval's Qwen adapters, the processor resizes every image into [min_pixels, max_pixels]. (They pass
-        # min_pixels/max_pixels, which transformers 5.23 turns into this size on every call, with a deprecation
-        # warning.)
-        return {"size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}}
+        # Passed as lmms-eval's Qwen adapters pass them. These keyword arguments win over whatever the checkpoint's
+        # preprocessor_config.json holds: the hub's Qwen2(-.5)-VL files carry top-level min_pixels / max_pixels
+        # (3136 .. 12845056) and no ``size``, and those would override a ``size=`` argument.
+        return {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels}
 
     def family_kwargs(self) -> dict[str, Any]:
         return {"presize_limits": self.presize_limits()}
@@ -105,9 +105,12 @@ class QwenVLFoPru(FoPruLMM):
 
 class Qwen2VLFoPru(QwenVLFoPru):
     """Qwen2-VL (``Qwen2VLForConditionalGeneration``): significance from the last vision block, the one whose output
-    the merger reads (every Qwen2-VL block attends over the whole image)."""
+    the merger reads (every Qwen2-VL block attends over the whole image). A simple class only, as lmms-eval's own
+    qwen2_vl: lmms-eval then builds every request as for that one (the context and the doc's images, not the task's
+    messages, which can place images elsewhere, as mmmu_val's do)."""
 
     model_name = "qwen2_vl_fopru"
+    lmms_model = "qwen2_vl"
     family_class = Qwen2VL
     default_min_pixels = 3136
     default_max_pixels = 602112
@@ -115,18 +118,12 @@ class Qwen2VLFoPru(QwenVLFoPru):
     strip_answers = True
 
 
-class Qwen2VLFoPruChat(Qwen2VLFoPru):
-    """The chat variant lmms-eval picks by default: prompts come from the task's messages. (lmms-eval's own
-    qwen2_vl has only a simple class; answers are finished as there.)"""
-
-    is_simple = False
-
-
 class Qwen2_5_VLFoPru(QwenVLFoPru):
     """Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``): significance from the last full-attention block
     (``fullatt_block_indexes``; the other blocks attend within windows, so their maps are not whole-image maps)."""
 
     model_name = "qwen2_5_vl_fopru"
+    lmms_model = "qwen2_5_vl"
     family_class = Qwen2_5_VL
     # lmms-eval's qwen2_5_vl loads bfloat16 whatever the checkpoint says.
     default_dtype = "bfloat16"

@@ -12,6 +12,7 @@ from lmms_eval.protocol import ChatMessages
 from PIL import Image
 
 from fopru_eval.families import Prompt, PrunedBatch
+from fopru_model_adapters.video import VideoFrames
 
 
 @dataclass
@@ -122,12 +123,35 @@ def add_counts(total: TokenCounts | None, counts: TokenCounts | None) -> TokenCo
     return type(total)(**summed)
 
 
+class LoglikelihoodAnswer(tuple):
+    """``(loss, is_greedy)``, the answer to one loglikelihood request, as lmms-eval's multiple-choice scorer unpacks it.
+
+    lmms-eval's response cache (``--use_cache``) keeps only a result's text and would hand a cached answer back as the
+    string of a list, which no scorer can read; it skips a result whose ``text.strip()`` is empty. So this answer
+    strips to nothing: the cache never stores it, every run scores afresh, and a cached rerun gives the same results
+    (generation answers are cached as usual)."""
+
+    def __new__(cls, loss: float, is_greedy: bool) -> LoglikelihoodAnswer:
+        return super().__new__(cls, (loss, is_greedy))
+
+    def strip(self) -> str:
+        return ""
+
+
 # ----- requests -> prompts -------------------------------------------------------------------------------------------
 
 
 # Reads one video file into the stack of frames a family's processor takes, as lmms-eval's adapter for the family reads
-# it; None where the adapter reads no videos.
+# it, or into ``VideoFrames`` where the processor also takes the video's metadata; None where the adapter reads no
+# videos.
 VideoReader = Callable[[str], Any]
+
+
+def read_videos(paths: list[Any], read_video: VideoReader) -> tuple[list[Any], list[dict[str, Any] | None]]:
+    """Each video's frames, and its metadata (None where the reader gives frames alone)."""
+    read = [read_video(path) for path in paths]
+    frames = [video.frames if isinstance(video, VideoFrames) else video for video in read]
+    return frames, [video.metadata if isinstance(video, VideoFrames) else None for video in read]
 
 
 def prompt_from_visuals(
@@ -143,12 +167,14 @@ def prompt_from_visuals(
     text). lmms-eval's video tasks give each video as a file path; without ``read_video`` a path is refused as any
     visual that is not an image."""
     reads_videos = read_video is not None
-    videos = [read_video(visual) for visual in visuals if reads_videos and isinstance(visual, str)]
+    paths = [visual for visual in visuals if reads_videos and isinstance(visual, str)]
+    videos, metadata = read_videos(paths, read_video) if paths else ([], [])
     others = [visual for visual in visuals if not (reads_videos and isinstance(visual, str))]
     images = as_images(others, model_name, task, doc_id)
     content = [{"type": "video"} for _ in videos] + [{"type": "image", "url": image} for image in images]
     content.append({"type": "text", "text": ctx})
-    return Prompt([{"role": "user", "content": content}], images, f"{task}/{split}/{doc_id}", videos=videos)
+    messages = [{"role": "user", "content": content}]
+    return Prompt(messages, images, f"{task}/{split}/{doc_id}", videos=videos, video_metadata=metadata)
 
 
 def prompt_from_messages(
@@ -159,9 +185,10 @@ def prompt_from_messages(
     images, videos, audios = chat.extract_media()
     if audios or (videos and read_video is None):
         raise ValueError(f"{model_name}: {task} doc {doc_id} has video or audio input; only images are supported")
-    videos = [read_video(video) for video in videos]
+    videos, metadata = read_videos(videos, read_video) if videos else ([], [])
     images = as_images(images, model_name, task, doc_id)
-    return Prompt(chat.model_dump()["messages"], images, f"{task}/{split}/{doc_id}", videos=videos)
+    doc_key = f"{task}/{split}/{doc_id}"
+    return Prompt(chat.model_dump()["messages"], images, doc_key, videos=videos, video_metadata=metadata)
 
 
 def as_images(visuals: list[Any], model_name: str, task: str, doc_id: int) -> list[Image.Image]:

@@ -9,6 +9,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import subprocess  # noqa: E402
@@ -22,6 +23,17 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from fopru_eval.tools.checkpoints.llava import save_random_llava  # noqa: E402
+
+# The fast subset for day-to-day work is `pytest -m "not slow"`: these modules run lmms-eval end to end (the drop-in
+# contract, the CLI, sweeps, the demo, benchmarks, videos), and single tests elsewhere carry the mark themselves.
+SLOW_MODULES = {"test_drop_in", "test_cli", "test_sweep", "test_demo", "test_bench", "test_full_size", "test_video"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS_DIR = REPO / "tasks"
@@ -43,6 +55,28 @@ def draw_image(color: str, box: tuple[int, int, int, int], size: tuple[int, int]
 def user_turn(text: str, images: list[Image.Image]) -> list[dict]:
     content = [{"type": "image", "url": image} for image in images] + [{"type": "text", "text": text}]
     return [{"role": "user", "content": content}]
+
+
+def llava_hf_simple_prompt(processor, prompt):
+    """``prompt`` as lmms-eval's simple ``llava_hf`` renders it (models/simple/llava_hf.py, with its own constants): an
+    ``<image>`` per image before the question, one user turn of text, the tokenizer's template or its Vicuna one. Where
+    that template drops the question (a template for content lists), the processor's rendering of the messages, as
+    the adapters declare."""
+    from lmms_eval.models.simple.llava_hf import DEFAULT_IMAGE_TOKEN, VICUNA_CHAT_TEMPLATE
+
+    [text] = [part["text"] for part in prompt.messages[-1]["content"] if part["type"] == "text"]
+    if DEFAULT_IMAGE_TOKEN not in text and prompt.images:
+        text = " ".join([DEFAULT_IMAGE_TOKEN] * len(prompt.images)) + "\n" + text
+    tokenizer = processor.tokenizer
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}],
+        chat_template=tokenizer.chat_template or VICUNA_CHAT_TEMPLATE,
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    if text not in rendered:
+        rendered = processor.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=False)
+    return dataclasses.replace(prompt, text=rendered)
 
 
 def lmms_eval(

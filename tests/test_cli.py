@@ -26,7 +26,8 @@ IMAGE = draw_image("red", (0, 0, 8, 8))  # any image: only the placeholder count
     [
         ("llava_fopru", "LlavaFoPruChat", "LlavaFoPru"),
         ("llava_next_fopru", "LlavaNextFoPruChat", "LlavaNextFoPru"),
-        ("qwen2_vl_fopru", "Qwen2VLFoPruChat", "Qwen2VLFoPru"),
+        # Simple only, as lmms-eval's own qwen2_vl.
+        ("qwen2_vl_fopru", "Qwen2VLFoPru", "Qwen2VLFoPru"),
         ("qwen2_5_vl_fopru", "Qwen2_5_VLFoPruChat", "Qwen2_5_VLFoPru"),
     ],
 )
@@ -69,29 +70,6 @@ def test_pruned_generation_run_reports_results_and_token_counts(tiny_llava: Path
         assert counts["output_tokens"] >= 1
 
 
-def test_strategy_none_answers_exactly_as_lmms_eval_llava_hf(tiny_llava: Path, tmp_path: Path) -> None:
-    """fopru_shapes_modes: images in RGBA, LA, P with transparency, CMYK and I;16, which reach the processor as
-    lmms-eval's llava_hf hands them over."""
-    tasks = ["fopru_shapes_gen", "fopru_shapes_modes"]
-    common = ["--tasks", ",".join(tasks), "--batch_size", "1", "--limit", "12", "--device", "cpu"]
-    ours = lmms_eval(["--model", "llava_fopru", "--model_args", f"pretrained={tiny_llava},strategy=none", *common],
-                     tmp_path / "ours")  # fmt: skip
-    # llava_hf needs device_map spelled out: its default "" is refused by transformers 5.
-    theirs = lmms_eval(
-        ["--model", "llava_hf", "--model_args", f"pretrained={tiny_llava},device_map=cpu", *common], tmp_path / "theirs"
-    )
-    assert ours.returncode == 0 and theirs.returncode == 0, ours.stderr[-2000:] + theirs.stderr[-2000:]
-    (ours_results, ours_samples), (theirs_results, theirs_samples) = (
-        results_of(tmp_path / "ours"),
-        results_of(tmp_path / "theirs"),
-    )
-    for task in tasks:
-        ours_answers = [s["filtered_resps"] for s in ours_samples[task]]
-        assert len(ours_answers) == 12
-        assert ours_answers == [s["filtered_resps"] for s in theirs_samples[task]], task
-    assert ours_results["results"] == theirs_results["results"]
-
-
 def test_multiple_choice_runs_through_the_simple_class(tiny_llava: Path, tmp_path: Path) -> None:
     output = tmp_path / "out"
     model_args = f"pretrained={tiny_llava},strategy=row,keep_ratio=0.5"
@@ -107,6 +85,30 @@ def test_multiple_choice_runs_through_the_simple_class(tiny_llava: Path, tmp_pat
         assert all(loss > 0 for loss in losses)
         assert sample["acc"] == float(losses.index(min(losses)) == int(sample["target"]))
         assert all(c["visual_tokens_kept"] == 18 and c["visual_tokens_total"] == 36 for c in sample["token_counts"])
+
+
+def test_a_cached_rerun_gives_the_first_runs_results(tiny_llava: Path, tmp_path: Path) -> None:
+    """lmms-eval's --use_cache with a generation and a loglikelihood task: the first run writes the cache, the rerun
+    serves generation from it (loglikelihood answers are never cached: ``LoglikelihoodAnswer``), and both give the
+    same samples and scores."""
+    model_args = f"pretrained={tiny_llava},strategy=rank,keep_ratio=0.5"
+    runs = []
+    for name in ("first", "rerun"):
+        output = tmp_path / name
+        run = lmms_eval(["--model", "llava_fopru", "--force_simple", "--model_args", model_args, "--tasks",
+                         "fopru_shapes_gen,fopru_shapes_mc", "--batch_size", "2", "--limit", "4", "--device", "cpu",
+                         "--use_cache", str(tmp_path / "cache")], output)  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+        runs.append((run, *results_of(output)))
+    (first, first_results, first_samples), (rerun, rerun_results, rerun_samples) = runs
+    assert "cache hits" in rerun.stdout + rerun.stderr and "cache hits" not in first.stdout + first.stderr
+    for task in ("fopru_shapes_gen", "fopru_shapes_mc"):
+        assert len(first_samples[task]) == 4
+        responses = [s["filtered_resps"] for s in first_samples[task]]
+        assert responses == [s["filtered_resps"] for s in rerun_samples[task]]
+        assert first_results["results"][task] == rerun_results["results"][task]
+    losses = [float(loss) for sample in first_samples["fopru_shapes_mc"] for loss, _ in sample["filtered_resps"]]
+    assert all(loss > 0 for loss in losses)
 
 
 def test_a_failing_sample_fails_the_run_visibly_and_writes_no_results(tiny_llava: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import torch
 from lmms_eval.api.instance import Instance
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from conftest import draw_image, greedy_decode_by_hand, user_turn
+from conftest import draw_image, greedy_decode_by_hand, llava_hf_simple_prompt, user_turn
 from fopru_eval.core.config import PruningConfig, PruningConfigError
 from fopru_model_adapters.base import Prompt
 from fopru_model_adapters.llava import LlavaFoPru
@@ -254,7 +254,7 @@ def test_loglikelihood_is_the_mean_token_loss_of_the_continuation(tiny_llava: Pa
     model = LlavaForConditionalGeneration.from_pretrained(tiny_llava).eval()
     processor = AutoProcessor.from_pretrained(tiny_llava)
     for result, prompt in zip(results, prompts(), strict=True):
-        inputs = hf_inputs(processor, [prompt])
+        inputs = hf_inputs(processor, [llava_hf_simple_prompt(processor, prompt)])
         target = processor.tokenizer.encode(" red", add_special_tokens=False)
         ids = torch.cat([inputs["input_ids"], torch.tensor([target])], dim=1)
         labels = torch.full_like(ids, -100)

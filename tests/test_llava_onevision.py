@@ -16,7 +16,7 @@ from lmms_eval.api.instance import Instance
 from transformers import AutoProcessor, LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 from transformers.image_processing_utils import select_best_resolution
 
-from conftest import draw_image, lmms_eval, numpy_selection, results_of, user_turn
+from conftest import draw_image, llava_hf_simple_prompt, numpy_selection, user_turn
 from fopru_eval.core.config import PruningConfigError
 from fopru_eval.core.flops import causal_pairs
 from fopru_eval.core.layout import AnyresLayout
@@ -85,7 +85,7 @@ def adapter(path: Path, **args) -> LlavaOnevisionFoPru:
 
 
 def hf_inputs(processor, prompts: list[Prompt]) -> dict:
-    texts = [processor.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False) for p in prompts]
+    texts = [p.render(processor) for p in prompts]
     return processor(images=[i for p in prompts for i in p.images], text=texts, padding=True, return_tensors="pt")
 
 
@@ -434,7 +434,13 @@ def test_loglikelihood_is_the_mean_token_loss_of_the_continuation(
     target = ours.tokenizer.encode(" red", add_special_tokens=False)
     for result, prompt in zip(results, batch, strict=True):
         logits, _, _ = reference_logits(
-            *eager, prompt, args["strategy"], args.get("keep_ratio"), None, "positions" in args, target
+            *eager,
+            llava_hf_simple_prompt(eager[1], prompt),
+            args["strategy"],
+            args.get("keep_ratio"),
+            None,
+            "positions" in args,
+            target,
         )
         predicted = logits[0, -len(target) - 1 : -1]
         loss = torch.nn.functional.cross_entropy(predicted, torch.tensor(target)).item()
@@ -479,31 +485,6 @@ def test_a_checkpoint_that_is_not_a_siglip_onevision_is_refused_before_weights_l
 
 
 # ----- the lmms-eval CLI -------------------------------------------------------------------------------------------
-
-
-def test_strategy_none_answers_exactly_as_lmms_eval_llava_hf(tiny_onevision: Path, tmp_path: Path) -> None:
-    """The tasks' 336 x 336 images get 6 x 6 crops, a 36 x 36 mosaic interpolated to 18 x 18; fopru_shapes_modes'
-    images come in RGBA, LA, P with transparency, CMYK and I;16."""
-    tasks = ["fopru_shapes_gen", "fopru_shapes_modes"]
-    common = ["--tasks", ",".join(tasks), "--limit", "12", "--device", "cpu"]
-    ours = lmms_eval(["--model", "llava_onevision_fopru", "--model_args", f"pretrained={tiny_onevision},strategy=none",
-                      "--batch_size", "4", *common], tmp_path / "ours")  # fmt: skip
-    # llava_hf needs device_map spelled out (its default "" is refused by transformers 5) and batch size 1.
-    theirs = lmms_eval(["--model", "llava_hf", "--model_args", f"pretrained={tiny_onevision},device_map=cpu",
-                        "--batch_size", "1", *common], tmp_path / "theirs")  # fmt: skip
-    assert ours.returncode == 0 and theirs.returncode == 0, ours.stderr[-2000:] + theirs.stderr[-2000:]
-    (ours_results, ours_samples), (theirs_results, theirs_samples) = (
-        results_of(tmp_path / "ours"),
-        results_of(tmp_path / "theirs"),
-    )
-    for task in tasks:
-        ours_answers = [s["filtered_resps"] for s in ours_samples[task]]
-        assert len(ours_answers) == 12 and len({str(a) for a in ours_answers}) > 1
-        assert ours_answers == [s["filtered_resps"] for s in theirs_samples[task]], task
-        for sample in ours_samples[task]:
-            [counts] = sample["token_counts"]
-            assert counts["visual_tokens_total"] == BASE_TOKENS + 18 * 18 and counts["newline_tokens_total"] == 18
-    assert ours_results["results"] == theirs_results["results"]
 
 
 def test_make_random_saves_a_checkpoint_the_adapter_accepts(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.models.qwen3_vl import modeling_qwen3_vl
 from transformers.vision_utils import get_vision_position_ids
 
-from conftest import TASKS_DIR, draw_image, numpy_selection, user_turn
+from conftest import draw_image, numpy_selection, user_turn
 from fopru_eval.core.config import PruningConfigError
 from fopru_eval.families.qwen3_vl import QWEN3_VL_UTILS_PIXEL_LIMITS, Qwen3VL
 from fopru_eval.tools.checkpoints.qwen3_vl import save_random_qwen3_vl
@@ -436,8 +436,8 @@ def test_loglikelihood_is_the_mean_token_loss_of_the_continuation(checkpoint: Pa
         ({"strategy": "none", "dtype": "fp8"}, "dtype='fp8' is not supported; accepted values: auto, float32"),
         (
             {"strategy": "none", "max_pixel": 4000},
-            r"unknown model args \['max_pixel'\]; accepted: pretrained, system_prompt, min_pixels, max_pixels, "
-            r"lossless_images, revision",
+            r"unknown model args \['max_pixel'\]; accepted: pretrained, system_prompt, max_num_frames, fps, "
+            r"total_pixels, min_pixels, max_pixels, lossless_images, revision",
         ),
     ],
 )
@@ -463,62 +463,3 @@ def test_make_random_saves_a_checkpoint_the_adapter_accepts(tmp_path: Path) -> N
     assert get_model("qwen3_vl_fopru") is Qwen3VLFoPruChat
     assert get_model("qwen3_vl_fopru", force_simple=True) is Qwen3VLFoPru
     Qwen3VL.check_checkpoint(str(tmp_path / "checkpoint"), "qwen3_vl_fopru")  # raises if it is not the family's
-
-
-# ----- lmms-eval end to end --------------------------------------------------------------------------------------
-
-# The simple classes resize 336 x 336 task images to 128 x 128 under these limits: 8 x 8 patches, 16 LLM tokens. The
-# chat classes (lmms-eval's default) resize them with qwen-vl-utils' defaults, whatever these say: 320 x 320, 100.
-TASK_PIXELS = "min_pixels=4096,max_pixels=16384"
-
-
-@pytest.fixture(scope="module")
-def task_manager():
-    from lmms_eval.tasks import TaskManager
-
-    return TaskManager(include_path=str(TASKS_DIR))  # reads every built-in task's YAML: seconds, so only once
-
-
-def lmms_eval_in_process(task_manager, model: str, model_args: str, task: str, force_simple: bool) -> dict:
-    """lmms-eval's own evaluation of ``task``, as its CLI runs it (model resolved by name), in this process."""
-    from lmms_eval.evaluator import simple_evaluate
-    from lmms_eval.utils import get_datetime_str
-
-    return simple_evaluate(
-        model=model,
-        model_args=model_args,
-        tasks=[task],
-        task_manager=task_manager,
-        batch_size=1,
-        device="cpu",
-        log_samples=True,
-        force_simple=force_simple,
-        datetime_str=get_datetime_str(),
-    )
-
-
-@pytest.mark.parametrize(
-    ("task", "force_simple", "visual_tokens"),
-    [
-        ("fopru_shapes_gen", False, 100),
-        ("fopru_shapes_pair", False, 200),
-        ("fopru_shapes_modes", False, 100),
-        ("fopru_shapes_gen", True, 16),
-        ("fopru_shapes_pair", True, 32),
-    ],
-)
-def test_strategy_none_is_a_drop_in_for_lmms_eval_qwen3_vl(
-    checkpoint: Path, task_manager, task: str, force_simple: bool, visual_tokens: int
-) -> None:
-    """Default settings on both sides (bfloat16, system prompt, lmms-eval's image handling), every doc of the task
-    (fopru_shapes_pair: two images per doc; fopru_shapes_modes: RGBA, LA, P with transparency, CMYK and I;16 images):
-    the same answers, sample for sample, from the chat classes (lmms-eval's default) and the simple ones."""
-    ours_args = f"pretrained={checkpoint},strategy=none,{TASK_PIXELS}"
-    ours = lmms_eval_in_process(task_manager, "qwen3_vl_fopru", ours_args, task, force_simple)
-    theirs_args = f"pretrained={checkpoint},device_map=cpu,{TASK_PIXELS}"
-    theirs = lmms_eval_in_process(task_manager, "qwen3_vl", theirs_args, task, force_simple)
-    answers = [s["filtered_resps"] for s in ours["samples"][task]]
-    assert len(answers) == 48 and len(set(map(str, answers))) > 1  # the random model's answers depend on the image
-    assert answers == [s["filtered_resps"] for s in theirs["samples"][task]]
-    assert ours["results"][task] == theirs["results"][task]
-    assert all(s["token_counts"][0]["visual_tokens_total"] == visual_tokens for s in ours["samples"][task])

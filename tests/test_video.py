@@ -4,11 +4,16 @@ per-temporal-patch maps, DeepStack features and M-RoPE positions by hand), and o
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from lmms_tasks import evaluate, real_task_configs
 from test_llava_onevision import bilinear_matrix
 from test_qwen3_vl import PIXELS, positions_by_hand, reference_logits, reference_significance
 from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
@@ -16,9 +21,11 @@ from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
 from conftest import draw_image, numpy_selection
 from fopru_eval.core.config import PruningConfig
 from fopru_eval.families import Prompt, prune_batch
+from fopru_eval.families.driver import video_metadata
 from fopru_eval.families.llava import Llava
 from fopru_eval.tools.checkpoints.llava_onevision import save_random_llava_onevision
 from fopru_eval.tools.checkpoints.qwen3_vl import save_random_qwen3_vl
+from fopru_model_adapters.llava import LlavaFoPru
 from fopru_model_adapters.llava_onevision import LlavaOnevisionFoPru
 from fopru_model_adapters.qwen3_vl import Qwen3VLFoPru
 
@@ -305,14 +312,17 @@ def test_a_batch_mixing_videos_and_images_answers_as_one_by_one(
 FRAME_COLORS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255), (255, 255, 255)]
 
 
-def write_video(path: Path) -> str:
+def write_video(path: Path, frames: np.ndarray | None = None, rate: int = 10) -> str:
+    """An MPEG-4 clip of ``frames`` ((frames, height, width, 3) uint8; by default 7 solid 64 x 64 frames, one per
+    color of FRAME_COLORS) at ``rate`` fps."""
     av = pytest.importorskip("av")
+    if frames is None:
+        frames = np.stack([np.full((64, 64, 3), color, dtype=np.uint8) for color in FRAME_COLORS])
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
-        for color in FRAME_COLORS:
-            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), color, dtype=np.uint8), format="rgb24")
-            container.mux(stream.encode(frame))
+        stream = container.add_stream("mpeg4", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for pixels in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
         container.mux(stream.encode())
     return str(path)
 
@@ -337,8 +347,182 @@ def test_onevision_reads_a_video_path_as_llava_hf_does(tiny_onevision: Path, tmp
     assert answer.token_counts.visual_tokens_total == 4 * 9 and answer.token_counts.visual_tokens_kept == 4 * 4
 
 
-def test_adapters_that_read_no_videos_refuse_a_video_path_naming_themselves(tiny_qwen3_vl: Path) -> None:
-    ours = qwen3_vl(tiny_qwen3_vl, strategy="rank", keep_ratio=0.5)
+def test_adapters_that_read_no_videos_refuse_a_video_path_naming_themselves(tiny_llava: Path) -> None:
+    ours = LlavaFoPru(pretrained=str(tiny_llava), device="cpu", strategy="rank", keep_ratio=0.5)
     messages = [{"role": "user", "content": [{"type": "video", "url": "clip.mp4"}, {"type": "text", "text": "Hi"}]}]
-    with pytest.raises(ValueError, match="qwen3_vl_fopru: t doc 0 has video or audio input; only images"):
+    with pytest.raises(ValueError, match="llava_fopru: t doc 0 has video or audio input; only images"):
         ours._prompt_from_messages(messages, 0, "t", "test")
+
+
+# ----- Qwen3-VL reads lmms-eval's videomme as lmms-eval's qwen3_vl does ----------------------------------------------
+
+# Both sides take these: the clips lmms_tasks.py writes (6 frames at 5 fps, 64 x 48 to 128 x 96) stay near their size
+# (4096 to 16384 pixels a frame), 4 frames each: 2 temporal patches behind their timestamps. With the default 32 frames
+# lmms-eval's chat qwen3_vl refuses these clips (see below).
+QWEN3_VL_VIDEO_ARGS = "min_pixels=4096,max_pixels=16384,max_num_frames=4"
+
+
+@pytest.fixture(scope="module")
+def task_manager():
+    from lmms_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
+@contextlib.contextmanager
+def processed_texts() -> Iterator[list[str]]:
+    """The token ids every processor call gives while the block runs, decoded: the prompts with their video
+    placeholders expanded, timestamps included."""
+    from transformers.processing_utils import ProcessorMixin
+
+    texts: list[str] = []
+    call = ProcessorMixin.__call__
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> Any:
+        output = call(self, *args, **kwargs)
+        for ids, mask in zip(output["input_ids"], output["attention_mask"], strict=True):
+            texts.append(self.tokenizer.decode(ids[mask.bool()]))
+        return output
+
+    ProcessorMixin.__call__ = recording
+    try:
+        yield texts
+    finally:
+        ProcessorMixin.__call__ = call
+
+
+def videomme(task_manager, folder: Path, model: str, model_args: str, simple: bool) -> dict:
+    """lmms-eval's videomme over 3 generated clips in ``folder``; under "prompts", what the processor made of the
+    prompts its model gave it."""
+    configs = real_task_configs(("videomme",), folder, task_manager=task_manager)
+    with processed_texts() as prompts, contextlib.chdir(folder):
+        output = evaluate(model, model_args, configs, task_manager, force_simple=simple)
+    return output | {"prompts": prompts}
+
+
+@pytest.mark.parametrize("simple", [False, True], ids=["chat", "simple"])
+def test_qwen3_vl_answers_videomme_as_lmms_eval_qwen3_vl(
+    tiny_qwen3_vl: Path, task_manager, tmp_path: Path, simple: bool
+) -> None:
+    """strategy=none answers every doc as lmms-eval's qwen3_vl, from the same prompts (timestamps included); pruned,
+    every temporal patch keeps half its tokens."""
+    shared = f"pretrained={tiny_qwen3_vl},{QWEN3_VL_VIDEO_ARGS}"
+    ours = videomme(task_manager, tmp_path, "qwen3_vl_fopru", f"{shared},strategy=none", simple)
+    theirs = videomme(task_manager, tmp_path, "qwen3_vl", f"{shared},device_map=cpu", simple)
+    mine, their = ours["samples"]["videomme"], theirs["samples"]["videomme"]
+    assert [s["doc_id"] for s in mine] == [s["doc_id"] for s in their] == [0, 1, 2]
+    assert [s["filtered_resps"] for s in mine] == [s["filtered_resps"] for s in their]
+    assert [s["resps"] for s in mine] == [s["resps"] for s in their]
+    assert sorted(ours["prompts"]) == sorted(theirs["prompts"]) and len(ours["prompts"]) == 3
+    # The file's fps (5) and the sampled frames (0, 2, 3, 5) give the timestamps, not the processor's 24 fps default.
+    assert all("<0.2 seconds>" in prompt and "<0.8 seconds>" in prompt for prompt in ours["prompts"])
+    assert ours["results"]["videomme"] == theirs["results"]["videomme"]
+
+    pruned = videomme(task_manager, tmp_path, "qwen3_vl_fopru", f"{shared},strategy=rank,keep_ratio=0.5", simple)
+    for whole, cut in zip(mine, pruned["samples"]["videomme"], strict=True):
+        ((full,), (counts,)) = whole["token_counts"], cut["token_counts"]
+        assert full["visual_tokens_kept"] == full["visual_tokens_total"] == counts["visual_tokens_total"] > 0
+        # Each of the 2 temporal patches keeps floor(n / 2) of its n tokens.
+        assert counts["visual_tokens_kept"] == 2 * (full["visual_tokens_total"] // 4)
+        dropped = full["visual_tokens_total"] - counts["visual_tokens_kept"]
+        assert counts["input_tokens"] == full["input_tokens"] - dropped
+        assert all(text.strip() for text in cut["filtered_resps"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AttributeError,
+    reason="lmms-eval's chat qwen3_vl asks qwen-vl-utils for nframes=max_num_frames (32) whatever the clip's length: "
+    "its decord reader refuses a 6-frame clip (ValueError), and its fallback, torchvision.io.read_video, is gone from "
+    "torchvision (AttributeError). Its simple class caps nframes at the clip's frame count",
+)
+def test_lmms_eval_chat_qwen3_vl_reads_clips_shorter_than_max_num_frames(
+    tiny_qwen3_vl: Path, task_manager, tmp_path: Path
+) -> None:
+    videomme(task_manager, tmp_path, "qwen3_vl", f"pretrained={tiny_qwen3_vl},device_map=cpu", simple=False)
+
+
+def test_qwen3_vl_reads_clips_shorter_than_max_num_frames(tiny_qwen3_vl: Path, tmp_path: Path) -> None:
+    """Where lmms-eval's chat class fails (above), ours caps the frame count as its simple class does, in both; and
+    to an even count where qwen-vl-utils would round the cap up past the clip (7 frames to 8), which fails in both of
+    lmms-eval's classes (below)."""
+    path = write_video(tmp_path / "clip.mp4")  # 7 frames at 10 fps
+    ours = qwen3_vl(tiny_qwen3_vl, strategy="none")  # max_num_frames=32
+    messages = [{"role": "user", "content": [{"type": "video", "url": path}, {"type": "text", "text": "Colors?"}]}]
+    prompt = ours._prompt_from_messages(messages, 0, "t", "test")
+    ((frames,), (metadata,)) = prompt.videos, prompt.video_metadata
+    assert frames.shape[:2] == (6, 3) and metadata["frames_indices"] == [0, 1, 2, 4, 5, 6]
+    assert metadata["fps"] == 10 and metadata["total_num_frames"] == 7
+    (answer,) = ours._generate([prompt], {"max_new_tokens": 2, "temperature": 0})
+    assert answer.token_counts.visual_tokens_total > 0
+
+
+def test_video_metadata_goes_to_the_processor_only_where_a_video_has_some() -> None:
+    """A video given as frames alone, beside one with metadata, gets the processor's own defaults."""
+    read = Prompt(turn("What moves?", 1, []), [], "t/test/1", videos=[OTHER_VIDEO], video_metadata=[{"fps": 5.0}])
+    assert video_metadata([video_prompt()]) is None
+    assert video_metadata([video_prompt(), read]) == [
+        {"total_num_frames": 4, "fps": None, "frames_indices": [0, 1, 2, 3]},
+        {"fps": 5.0},
+    ]
+
+
+def test_a_batch_of_video_files_answers_as_one_by_one(tiny_qwen3_vl: Path, tmp_path: Path) -> None:
+    """Two clips of different lengths, rates and sizes: each keeps its own metadata (timestamps) in a batch."""
+    ours = qwen3_vl(tiny_qwen3_vl, strategy="rank", keep_ratio=0.5, max_num_frames=4, batch_size=2)
+    clips = [
+        write_video(tmp_path / "colors.mp4"),
+        write_video(tmp_path / "square.mp4", moving_square(6, 96, 128, (255, 0, 0)), 5),
+    ]
+    ours.task_dict = {"t": {"test": [{"video": clip} for clip in clips]}}
+    prompts = [ours._prompt_from_visuals("What moves?", lambda doc: [doc["video"]], i, "t", "test") for i in (0, 1)]
+    assert [p.video_metadata[0]["frames_indices"] for p in prompts] == [[0, 2, 4, 6], [0, 2, 3, 5]]
+    gen = {"max_new_tokens": 4, "temperature": 0}
+    one_by_one = [ours._generate([p], gen)[0] for p in prompts]
+    batched = ours._generate(prompts, gen)
+    assert [a.text for a in batched] == [a.text for a in one_by_one]
+    assert [a.token_counts.to_dict() for a in batched] == [a.token_counts.to_dict() for a in one_by_one]
+
+
+def test_lmms_eval_simple_qwen3_vl_cap_of_7_frames_is_refused_by_qwen_vl_utils(tmp_path: Path) -> None:
+    """What lmms-eval's simple qwen3_vl hands qwen-vl-utils for a 7-frame clip (nframes = min(32, 7))."""
+    from qwen_vl_utils import process_vision_info
+
+    item = {"type": "video", "video": write_video(tmp_path / "clip.mp4"), "nframes": 7, "min_pixels": 4096}
+    # decord's reader refuses it, then the torchvision fallback fails: torchvision.io.read_video is gone.
+    with pytest.raises(AttributeError, match="read_video") as failure:
+        process_vision_info([[{"role": "user", "content": [item]}]], image_patch_size=16, return_video_metadata=True)
+    assert "nframes should in interval [2, 7], but got 8" in str(failure.value.__context__)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [{}, {"fps": "1.5"}, {"total_pixels": "50000"}, {"fps": 2, "total_pixels": 50000, "max_num_frames": 8}],
+    ids=["nframes", "fps", "total_pixels", "both"],
+)
+def test_qwen3_vl_video_kwargs_are_lmms_eval_qwen3_vls(args: dict) -> None:
+    from lmms_eval.models.simple.qwen3_vl import Qwen3_VL
+
+    ours = Qwen3VLFoPru.__new__(Qwen3VLFoPru)
+    ours.min_pixels, ours.max_pixels = 4096, 16384
+    ours.max_num_frames = int(args.get("max_num_frames", 32))
+    ours.fps = float(args["fps"]) if "fps" in args else None
+    ours.total_pixels = int(args["total_pixels"]) if "total_pixels" in args else None
+    theirs = SimpleNamespace(min_pixels=4096, max_pixels=16384, max_num_frames=ours.max_num_frames)
+    theirs.fps, theirs.total_pixels = ours.fps, ours.total_pixels
+    assert ours.video_kwargs() == Qwen3_VL._build_video_kwargs(theirs)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"max_num_frames": "1"}, r"max_num_frames='1' is not supported; accepted values: integers >= 2"),
+        ({"max_num_frames": "all"}, r"max_num_frames='all' is not supported; accepted values: integers >= 2"),
+        ({"fps": "0"}, r"fps='0' is not supported; accepted values: numbers > 0"),
+        ({"fps": "fast"}, r"fps='fast' is not supported; accepted values: numbers > 0"),
+        ({"total_pixels": "-4"}, r"total_pixels='-4' is not supported; accepted values: integers >= 1"),
+    ],
+)
+def test_qwen3_vl_bad_video_args_fail_before_weights_load(tiny_qwen3_vl: Path, args: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Qwen3VLFoPru(pretrained=str(tiny_qwen3_vl / "does-not-exist"), **args)

@@ -31,8 +31,21 @@ class Prompt:
     images: list[Image.Image]
     # Which doc this is, to seed random selection identically across reruns, batch sizes and ranks.
     doc_key: str
-    # Each video a stack of already sampled frames, as the processor takes them: (frames, height, width, channels).
+    # Each video a stack of already sampled frames, as the processor takes them: (frames, height, width, channels), or
+    # (frames, channels, height, width) tensors as qwen-vl-utils gives them (one layout for all of a batch's videos).
     videos: list[Any] = field(default_factory=list)
+    # Per video, the ``video_metadata`` the processor takes with its frames (source fps, the sampled frames' indices,
+    # from which Qwen3-VL's processor writes timestamps), or None where unknown; empty: none known.
+    video_metadata: list[dict[str, Any] | None] = field(default_factory=list)
+    # The prompt already rendered to text, where the caller renders it itself (lmms-eval's simple LLaVA adapter applies
+    # the tokenizer's chat template to a string); None: the processor's chat template renders ``messages``.
+    text: str | None = None
+
+    def render(self, processor: ProcessorMixin) -> str:
+        """The prompt's text, with the assistant turn opened."""
+        if self.text is not None:
+            return self.text
+        return processor.apply_chat_template(self.messages, add_generation_prompt=True, tokenize=False)
 
 
 @dataclass
@@ -237,12 +250,8 @@ class Family:
         (``image_tokens`` per prompt, each showing one image), with no pruning machinery: the processor's own
         tokenization with the placeholder repeated, and the first features the model's own tower gives."""
         token = self.processor.image_token
-        texts = [
-            self.processor.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False).replace(
-                token, token * count
-            )
-            for p, count in zip(prompts, image_tokens, strict=True)
-        ]
+        counts = zip(prompts, image_tokens, strict=True)
+        texts = [prompt.render(self.processor).replace(token, token * count) for prompt, count in counts]
         tokenized = self.processor.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
         inputs = {name: tensor.to(self.device) for name, tensor in tokenized.items()}
         images = [self.prepare_image(image) for p in prompts for image in p.images]

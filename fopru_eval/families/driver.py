@@ -8,6 +8,8 @@
 A video (families with ``has_video``) goes the same way as an image whose views are its frames: the family's
 ``encode_videos`` gives its features, layout and significance, each frame is selected with the per-view budget, the
 ``video`` placeholders of pruned tokens are dropped and the kept features go in as ``mm_encoder_outputs["video"]``.
+A video read from a file carries the processor's ``video_metadata`` (``Prompt.video_metadata``), passed only for
+batches with videos.
 """
 
 from __future__ import annotations
@@ -35,13 +37,15 @@ def prune_batch(
     frame (its views), with the budget per frame.
     """
     processor = family.processor
-    texts = [processor.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False) for p in prompts]
+    texts = [prompt.render(processor) for prompt in prompts]
     images = [family.prepare_image(image) for p in prompts for image in p.images]
     videos = [video for p in prompts for video in p.videos]
     if videos and not family.has_video:
         raise ValueError(f"{family.label} ({type(family).__name__}) does not read videos here; only images")
     # Only a batch with videos passes any video argument, so an image batch reaches the processor exactly as before.
     media = {"videos": videos, **family.video_processor_kwargs()} if videos else {}
+    if metadata := video_metadata(prompts):
+        media["video_metadata"] = metadata
     encoded = processor(images=images or None, text=texts, padding=True, return_tensors="pt", **media)
     rows = unpad(encoded["input_ids"], encoded["attention_mask"])
     for i, continuation in enumerate(continuations or []):
@@ -152,6 +156,24 @@ def keep_image(
         generator = torch.Generator().manual_seed(seed)
         kept.append(apply_strategy(config.selection, config.budget, view.grid, view_scores, generator))
     return layout.kept_positions(*kept)
+
+
+def video_metadata(prompts: list[Prompt]) -> list[dict[str, Any]] | None:
+    """The processor's ``video_metadata`` for a batch's videos: each prompt's own, or None where no prompt knows any
+    (the processor then assumes its defaults). A video without metadata beside one with gets those defaults: its
+    frames numbered from 0, fps unknown."""
+    known = [
+        prompt.video_metadata[i] if i < len(prompt.video_metadata) else None
+        for prompt in prompts
+        for i in range(len(prompt.videos))
+    ]
+    if all(metadata is None for metadata in known):
+        return None
+    videos = [video for prompt in prompts for video in prompt.videos]
+    return [
+        metadata or {"total_num_frames": len(video), "fps": None, "frames_indices": list(range(len(video)))}
+        for video, metadata in zip(videos, known, strict=True)
+    ]
 
 
 def random_seed_for(seed: int, doc_key: str, image_index: int) -> int:

@@ -14,8 +14,9 @@ What differs from Qwen2-VL, and only that, is declared here:
 - Videos: the tower merges 2 frames into one temporal patch and attends within each temporal patch, so a video is
   one view per temporal patch (its merged h / 2 x w / 2 grid, from ``video_grid_thw``), each with its own attention
   map, selected with the per-view budget. The processor writes each temporal patch as its own run of placeholders
-  behind a timestamp ("<0.5 seconds>") and ``get_rope_index`` numbers each run like a one-frame image after that
-  text; kept tokens keep those unpruned ids, and the DeepStack video features are pruned like the main ones.
+  behind a timestamp ("<0.5 seconds>", from the video's ``video_metadata``: its fps and sampled frames' indices, 24 fps
+  assumed without) and ``get_rope_index`` numbers each run like a one-frame image after that text; kept tokens keep
+  those unpruned ids, and the DeepStack video features are pruned like the main ones.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class Qwen3VL(QwenVL):
 
     def video_processor_kwargs(self) -> dict[str, Any]:
         # A prompt's frames are already sampled, as lmms-eval's qwen3_vl samples them (qwen-vl-utils) before the
-        # processor: the processor must not sample again.
+        # processor: the processor must not sample again (the video kwargs qwen-vl-utils returns say just that).
         return {"do_sample_frames": False}
 
     def video_layout(self, grid_thw: list[int]) -> ImageLayout:

@@ -136,7 +136,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
 def load_adapter(model: BenchModel, path: Path, args: argparse.Namespace, docs: list[dict]) -> Any:
     """The family's chat adapter on a saved checkpoint, at strategy=none, as lmms-eval would build it, with ``docs``
     as the benchmark task's."""
-    adapter = model.chat_class()(
+    adapter = model.default_class()(
         pretrained=str(path), device=args.device, batch_size=args.batch_size, strategy="none",
         **model.adapter_args.get(args.size, {}),
     )  # fmt: skip

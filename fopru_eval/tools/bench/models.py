@@ -55,15 +55,16 @@ class BenchModel:
     full_size_tower: str  # the family's published vision tower, in words
     adapter_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # per size name
 
-    def chat_class(self) -> type:
-        """The adapter's chat class, as lmms-eval resolves it from our entry point."""
+    def default_class(self) -> type:
+        """The adapter's class as lmms-eval resolves it from our entry point by default: the chat class, or the simple
+        one where that is the only one."""
         from lmms_eval.models import get_model
 
         return get_model(self.adapter, force_simple=False)
 
     @property
     def family(self) -> type[Family]:
-        return self.chat_class().family_class
+        return self.default_class().family_class
 
     @property
     def label(self) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from lmms_eval.api.instance import Instance
 from fopru_eval.core.config import PruningConfig
 from fopru_eval.tools.bench.measure import timed
 from fopru_eval.tools.bench.models import BenchModel
-from fopru_eval.tools.bench.workload import chat_requests, simple_requests
+from fopru_eval.tools.bench.workload import chat_requests, requests_for, simple_requests
 
 
 def reference_model(family: BenchModel, adapter: Any, path: Path) -> tuple[Any, Callable[..., list[Instance]], str]:
@@ -58,14 +59,15 @@ def compare_reference(
     ours at both batch sizes with theirs and with each other. If that adapter cannot be built here (missing package,
     no offline or CPU support), the comparison is skipped with the reason."""
     try:
-        theirs, requests_for, changes = reference_model(family, adapter, path)
+        theirs, their_requests, changes = reference_model(family, adapter, path)
     except Exception as error:  # noqa: BLE001 - reported, never silently: the rest of the benchmark stands
         return {"reference": family.reference, "skipped": f"{type(error).__name__}: {error}"}
     theirs.task_dict = adapter.task_dict
     adapter.pruning = PruningConfig("none")
     batched = f"ours_batch_{args.throughput_batch}"
-    runs = {"reference": (theirs, requests_for, 1), "ours": (adapter, chat_requests, 1)}
-    runs[batched] = (adapter, chat_requests, args.throughput_batch)
+    our_requests = partial(requests_for, adapter)
+    runs = {"reference": (theirs, their_requests, 1), "ours": (adapter, our_requests, 1)}
+    runs[batched] = (adapter, our_requests, args.throughput_batch)
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     answers = {}
     for round_index in range(args.warmup + args.repeats):

@@ -14,7 +14,7 @@ from fopru_eval.core.config import DEFAULT_SCORES, PruningConfig
 from fopru_eval.core.scoring import SCORERS
 from fopru_eval.tools.bench.measure import LayerTimer, PeakMemory, capture_overhead, rss_follows_tensors, timed
 from fopru_eval.tools.bench.models import BenchModel
-from fopru_eval.tools.bench.workload import chat_requests
+from fopru_eval.tools.bench.workload import requests_for
 from fopru_eval.tools.checkpoints.full_size import full_size_config
 
 
@@ -67,7 +67,7 @@ def ratio(value: float | None, baseline: float | None) -> float | None:
 
 def prompts_as_sent(adapter: Any, docs: list[dict], args: argparse.Namespace) -> list[Any]:
     """The adapter's own request -> prompt path, so a timed prefill sees exactly what generate_until sees."""
-    return [adapter.generation_prompt(r)[0] for r in chat_requests(docs, args.max_new_tokens)]
+    return [adapter.generation_prompt(r)[0] for r in requests_for(adapter, docs, args.max_new_tokens)]
 
 
 def in_batches(items: list[Any], size: int) -> list[list[Any]]:
@@ -98,11 +98,11 @@ def compare_configs(
     with rss_follows_tensors():
         for config in [configs[0], configs[-1]]:  # untimed: settle what a first run initialises
             adapter.pruning = config
-            adapter.generate_until(chat_requests(docs, args.max_new_tokens))
+            adapter.generate_until(requests_for(adapter, docs, args.max_new_tokens))
         for config in configs:
             adapter.pruning = config
             with PeakMemory(adapter.device) as peak:
-                answers[config] = adapter.generate_until(chat_requests(docs, args.max_new_tokens))
+                answers[config] = adapter.generate_until(requests_for(adapter, docs, args.max_new_tokens))
             memory[config] = peak.bytes / 2**20
 
     batches = in_batches(prompts_as_sent(adapter, docs, args), args.batch_size)
@@ -121,7 +121,7 @@ def compare_configs(
                 ):
                     times[config][name].append(sum(values) / len(docs))
             if args.end_to_end:
-                requests = chat_requests(docs, args.max_new_tokens)
+                requests = requests_for(adapter, docs, args.max_new_tokens)
                 end_to_end, answers[config] = timed(lambda r=requests: adapter.generate_until(r), adapter.device)
                 if round_index >= args.warmup:
                     times[config]["end_to_end_s"].append(end_to_end / len(docs))

@@ -56,3 +56,10 @@ def simple_requests(docs: list[dict[str, Any]], max_new_tokens: int) -> list[Ins
         metadata = {"task": TASK, "doc_id": i, "repeats": 1}
         requests.append(Instance("generate_until", args, idx=0, metadata=metadata))
     return requests
+
+
+def requests_for(adapter: Any, docs: list[dict[str, Any]], max_new_tokens: int) -> list[Instance]:
+    """The requests lmms-eval builds for ``adapter``'s class: chat requests, or simple ones for a simple class (the
+    only class of an adapter whose lmms-eval counterpart has no other, e.g. qwen2_vl_fopru)."""
+    build = simple_requests if adapter.is_simple else chat_requests
+    return build(docs, max_new_tokens)

@@ -129,7 +129,7 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]] | None:
         "model": args.model,
         "pretrained": simple_parse_args_string(args.model_args).get("pretrained"),
         "model_args": args.model_args,
-        "model_class": "simple" if force_simple else "chat",
+        "model_class": "simple" if model_class.is_simple else "chat",
         "tasks": task_names,
         "limit": args.limit,
         "batch_size": args.batch_size,
