@@ -137,9 +137,8 @@ def test_strategy_none_answers_as_lmms_eval_adapter(
         assert_every_doc_answered(ours)
         failure = THEIRS_FAIL.get((drop_in.family, layout, class_name, tasks[0]))
         if failure is not None:
-            error, reason = failure
-            with pytest.raises(error):
-                run(task_manager, folder, tasks, drop_in.theirs, f"{shared},device_map=cpu", simple)
+            theirs_run = partial(run, task_manager, folder, tasks, drop_in.theirs, f"{shared},device_map=cpu", simple)
+            assert_fails(failure, theirs_run)
             cells |= {task: f"{docs} ({drop_in.theirs} fails)" for task, docs in ours["docs"].items()}
         else:
             theirs = run(task_manager, folder, tasks, drop_in.theirs, f"{shared},device_map=cpu", simple)
@@ -149,6 +148,19 @@ def test_strategy_none_answers_as_lmms_eval_adapter(
             pruned_args = f"{shared},strategy=rank,keep_ratio=0.5"
             assert_pruned_counts(ours, run(task_manager, folder, tasks, drop_in.ours, pruned_args, simple))
     assert readme_row(drop_in.family, layout, class_name) == cells
+
+
+def assert_fails(failure: tuple[type[Exception], str], evaluation: Callable[[], dict[str, Any]]) -> None:
+    """lmms-eval's adapter fails as declared: the run aborts with the declared error, or, where the error is raised
+    inside the adapter's own try block (llava_hf on transformers before 5.25, whose processor does not yet refuse
+    the image), every doc is answered "" and the error is only logged."""
+    error, reason = failure
+    try:
+        output = evaluation()
+    except error:
+        return
+    blank = [answer for task in output["docs"] for answer in answers(output, task) if answer != [""]]
+    assert not blank, f"expected lmms-eval's adapter to fail ({reason}); it answered {blank[:3]}"
 
 
 def answers(output: dict[str, Any], task: str) -> list[Any]:
