@@ -59,7 +59,15 @@ DROP_INS = [
     DropIn(
         "qwen2_5_vl", "qwen2_5_vl_fopru", "qwen2_5_vl", partial(save_random_qwen_vl, family="qwen2_5_vl"), QWEN_PIXELS
     ),
-    DropIn("qwen3_vl", "qwen3_vl_fopru", "qwen3_vl", save_random_qwen3_vl, "min_pixels=4096,max_pixels=16384"),
+    # Video-MME's generated clips hold 6 frames; lmms-eval's chat qwen3_vl fails on a clip shorter than max_num_frames.
+    DropIn(
+        "qwen3_vl",
+        "qwen3_vl_fopru",
+        "qwen3_vl",
+        save_random_qwen3_vl,
+        "min_pixels=4096,max_pixels=16384,max_num_frames=4",
+        reads_videos=True,
+    ),
 ]
 LAYOUTS = ("transformers", "hub")
 # Few docs, short answers: what is compared is the prompts and images each side builds, and the data path after them.
