@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -223,29 +224,14 @@ class FoPruLMM(MultiRoundMixin, lmms):
     def generation_prompt(self, request: Instance) -> tuple[Prompt, dict[str, Any]]:
         if self.is_simple:
             ctx, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
-            ctx, doc_to_visual, gen_kwargs = self._as_lmms_model_asks(
-                ctx, doc_to_visual, gen_kwargs, doc_id, task, split
-            )
+            doc = partial(self._doc, task, split, doc_id)
+            ctx, doc_to_visual, gen_kwargs = self.task_prompts.request(ctx, doc_to_visual, gen_kwargs, doc)
             return self._prompt_from_visuals(ctx, doc_to_visual, doc_id, task, split), gen_kwargs
         ctx, doc_to_messages, gen_kwargs, doc_id, task, split = request.args
-        _, doc_to_messages, gen_kwargs = self._as_lmms_model_asks(
-            None, doc_to_messages, gen_kwargs, doc_id, task, split
-        )
+        doc = partial(self._doc, task, split, doc_id)
+        _, doc_to_messages, gen_kwargs = self.task_prompts.request(None, doc_to_messages, gen_kwargs, doc)
         messages = doc_to_messages(self._doc(task, split, doc_id))
         return self._prompt_from_messages(messages, doc_id, task, split), gen_kwargs
-
-    def _as_lmms_model_asks(
-        self, ctx: str | None, doc_function: Any, gen_kwargs: dict[str, Any], doc_id: int, task: str, split: str
-    ) -> tuple[str | None, Any, dict[str, Any]]:
-        """A request's context, its task's bound ``doc_to_visual`` / ``doc_to_messages`` and its gen_kwargs as
-        lmms-eval builds them for ``lmms_model`` where the task keys them by that name (``task_prompts.py``)."""
-        keyed = self.task_prompts.keyed(doc_function)
-        if keyed is None:
-            return ctx, doc_function, gen_kwargs
-        if ctx is not None:
-            ctx = keyed.context(ctx, self._doc(task, split, doc_id))
-        rebuilt = getattr(keyed.task, doc_function.__name__)
-        return ctx, rebuilt, {**gen_kwargs, **keyed.generation_kwargs}
 
     # ----- generation ----------------------------------------------------------------------------------------------
 
@@ -354,7 +340,8 @@ class FoPruLMM(MultiRoundMixin, lmms):
         prompts, continuations = [], []
         for request in requests:
             ctx, doc_to_target, doc_to_visual, doc_id, task, split = request.args
-            ctx, doc_to_visual, _ = self._as_lmms_model_asks(ctx, doc_to_visual, {}, doc_id, task, split)
+            doc = partial(self._doc, task, split, doc_id)
+            ctx, doc_to_visual, _ = self.task_prompts.request(ctx, doc_to_visual, {}, doc)
             prompts.append(self._prompt_from_visuals(ctx, doc_to_visual, doc_id, task, split))
             target = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(self._doc(task, split, doc_id))
             continuations.append(target)

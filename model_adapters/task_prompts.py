@@ -14,6 +14,7 @@ loglikelihood request scores) cannot be rebuilt this way: a task that keys them 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,20 @@ class TaskPrompts:
         self.model_name = model_name
         self.lmms_model = lmms_model
         self.tasks: dict[str, KeyedTask | None] = {}
+
+    def request(
+        self, ctx: str | None, doc_function: Any, gen_kwargs: dict[str, Any], doc: Callable[[], dict[str, Any]]
+    ) -> tuple[str | None, Any, dict[str, Any]]:
+        """A request's context (None for a chat request, which has none to rebuild), its task's bound
+        ``doc_to_visual`` / ``doc_to_messages`` and its gen_kwargs, as lmms-eval builds them for ``lmms_model`` where
+        the task keys them by that name; ``doc`` gives the request's doc."""
+        keyed = self.keyed(doc_function)
+        if keyed is None:
+            return ctx, doc_function, gen_kwargs
+        if ctx is not None:
+            ctx = keyed.context(ctx, doc())
+        rebuilt = getattr(keyed.task, doc_function.__name__)
+        return ctx, rebuilt, {**gen_kwargs, **keyed.generation_kwargs}
 
     def keyed(self, bound_method: Any) -> KeyedTask | None:
         """The task behind a request's bound ``doc_to_visual`` / ``doc_to_messages``, rebuilt for ``lmms_model``;
