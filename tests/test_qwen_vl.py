@@ -75,26 +75,6 @@ def hf_inputs(processor, batch: list[Prompt]) -> dict:
 # ----- strategy=none is the unpruned model -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_none_reproduces_the_unpruned_hf_model_exactly(checkpoints: dict[str, Path], family: str) -> None:
-    ours = adapter(checkpoints, family, strategy="none", batch_size=4)
-    model, processor = hf_model_and_processor(checkpoints[family])
-    eos = processor.tokenizer.eos_token_id
-    with torch.inference_mode():
-        batch = ours.prepare(prompts())
-        inputs = hf_inputs(processor, prompts())
-        assert torch.equal(ours.model(**batch.inputs).logits, model(**inputs).logits)
-        gen = {"max_new_tokens": 8, "do_sample": False, "eos_token_id": eos, "pad_token_id": eos}
-        ours_tokens = ours.model.generate(**batch.inputs, **gen)
-        hf_tokens = model.generate(**inputs, **gen)
-    assert torch.equal(ours_tokens, hf_tokens)
-    expected = processor.tokenizer.batch_decode(hf_tokens[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    answers = ours._generate(prompts(), {"max_new_tokens": 8, "temperature": 0})
-    assert [a.text for a in answers] == [text.strip() if ours.strip_answers else text for text in expected]
-    assert [a.token_counts.visual_tokens_total for a in answers] == [24, 28, 9 + 24, 0]
-    assert [a.token_counts.visual_tokens_kept for a in answers] == [24, 28, 9 + 24, 0]
-
-
 # ----- a pruned run is the model over only the kept tokens, at their own positions -----------------------------
 
 
