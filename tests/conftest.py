@@ -57,6 +57,19 @@ def user_turn(text: str, images: list[Image.Image]) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
+def mixed_prompts(wide: Image.Image, tall: Image.Image, small: Image.Image) -> list:
+    """A batch of mixed sizes: a wide image, a tall one, a doc with two images (small, then wide), a text-only doc."""
+    from fopru_eval.families import Prompt
+
+    docs = [
+        ("What color is the shape?", [wide]),
+        ("Which shape is in the top left cell of the picture?", [tall]),
+        ("Are the two shapes the same?", [small, wide]),
+        ("Say hi.", []),
+    ]
+    return [Prompt(user_turn(q, images), images, f"t/test/{i}") for i, (q, images) in enumerate(docs)]
+
+
 def llava_hf_simple_prompt(processor, prompt):
     """``prompt`` as lmms-eval's simple ``llava_hf`` renders it (models/simple/llava_hf.py, with its own constants): an
     ``<image>`` per image before the question, one user turn of text, the tokenizer's template or its Vicuna one. Where

@@ -17,7 +17,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from conftest import draw_image, user_turn
+from conftest import draw_image, mixed_prompts
 from fopru_eval.tools.checkpoints.hub_layout import HUB_REPOS, save_as_hub
 from fopru_eval.tools.checkpoints.llava import save_random_llava
 from fopru_eval.tools.checkpoints.llava_next import save_random_llava_next
@@ -67,17 +67,11 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str]
 
 
 def prompts() -> list[Prompt]:
-    """Wide, tall and small images, a doc with two images, and a text-only doc."""
-    wide = draw_image("red", (10, 10, 60, 50), size=(168, 112))
-    tall = draw_image("blue", (20, 30, 90, 150), size=(112, 196))
-    small = draw_image("green", (10, 20, 60, 70), size=(84, 84))
-    docs = [
-        ("What color is the shape?", [wide]),
-        ("Which shape is in the top left cell of the picture?", [tall]),
-        ("Are the two shapes the same?", [small, wide]),
-        ("Say hi.", []),
-    ]
-    return [Prompt(user_turn(q, images), images, f"t/test/{i}") for i, (q, images) in enumerate(docs)]
+    return mixed_prompts(
+        draw_image("red", (10, 10, 60, 50), size=(168, 112)),
+        draw_image("blue", (20, 30, 90, 150), size=(112, 196)),
+        draw_image("green", (10, 20, 60, 70), size=(84, 84)),
+    )
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -15,7 +15,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.models.qwen3_vl import modeling_qwen3_vl
 from transformers.vision_utils import get_vision_position_ids
 
-from conftest import draw_image, numpy_selection, user_turn
+from conftest import draw_image, mixed_prompts, numpy_selection, user_turn
 from fopru_eval.core.config import PruningConfigError
 from fopru_eval.families.qwen3_vl import QWEN3_VL_UTILS_PIXEL_LIMITS, Qwen3VL
 from fopru_eval.tools.checkpoints.qwen3_vl import save_random_qwen3_vl
@@ -32,14 +32,7 @@ SMALL = draw_image("green", (10, 20, 60, 70), size=(96, 96))  # 6 x 6 patches: 3
 
 
 def prompts() -> list[Prompt]:
-    """Mixed sizes, a doc with two images, and a text-only doc."""
-    docs = [
-        ("What color is the shape?", [WIDE]),
-        ("Which shape is in the top left cell of the picture?", [TALL]),
-        ("Are the two shapes the same?", [SMALL, WIDE]),
-        ("Say hi.", []),
-    ]
-    return [Prompt(user_turn(q, images), images, f"t/test/{i}") for i, (q, images) in enumerate(docs)]
+    return mixed_prompts(WIDE, TALL, SMALL)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, LlamaConfig
 from transformers.models.qwen2_vl import modeling_qwen2_vl
 from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
-from conftest import TASKS_DIR, draw_image, lmms_eval, numpy_selection, results_of, user_turn
+from conftest import TASKS_DIR, draw_image, lmms_eval, mixed_prompts, numpy_selection, results_of, user_turn
 from fopru_eval.core.attention import fopru_significance
 from fopru_eval.core.config import PruningConfigError
 from fopru_eval.families.qwen_vl import qwen_vl_utils_smart_resize
@@ -39,14 +39,7 @@ SMALL = draw_image("green", (10, 20, 60, 70), size=(84, 84))  # 6 x 6 patches: 3
 
 
 def prompts() -> list[Prompt]:
-    """Mixed sizes, a doc with two images, and a text-only doc."""
-    docs = [
-        ("What color is the shape?", [WIDE]),
-        ("Which shape is in the top left cell of the picture?", [TALL]),
-        ("Are the two shapes the same?", [SMALL, WIDE]),
-        ("Say hi.", []),
-    ]
-    return [Prompt(user_turn(q, images), images, f"t/test/{i}") for i, (q, images) in enumerate(docs)]
+    return mixed_prompts(WIDE, TALL, SMALL)
 
 
 @pytest.fixture(scope="module")
