@@ -33,9 +33,7 @@ def read_uniform_frames(path: str, count: int) -> np.ndarray:
         raise ImportError(f"reading the video {path} needs decord (as lmms-eval's llava_hf) or PyAV; neither is here")
     import av
 
-    with av.open(path) as container:
-        total = sum(1 for _ in container.decode(video=0))
-    wanted = uniform_frame_indices(total, count)
+    wanted = uniform_frame_indices(frame_count(path), count)  # PyAV's count here: decord is not installed
     kept = set(wanted)
     frames: dict[int, np.ndarray] = {}
     # A second pass keeps only the wanted frames, so a long video never sits in memory whole.
