@@ -4,6 +4,7 @@ recognised one."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -20,6 +21,17 @@ def positive_int(name: str, value: Any, also: str = "") -> int:
         number = 0
     if number < 1 or str(value).strip() != str(number):
         raise ValueError(f"{name}={value!r} is not supported; accepted values: integers >= 1{also}")
+    return number
+
+
+def positive_number(name: str, value: Any) -> float:
+    """``value`` as a finite number > 0 (a boolean is refused, though Python counts it as one)."""
+    try:
+        number = float("nan") if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name}={value!r} is not supported; accepted values: numbers > 0")
     return number
 
 

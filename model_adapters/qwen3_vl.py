@@ -10,12 +10,11 @@ frames' metadata handed to the processor with them, so the prompt's timestamps a
 
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Any
 
 from fopru_eval.families.qwen3_vl import QWEN3_VL_UTILS_PIXEL_LIMITS, Qwen3VL
-from fopru_model_adapters.args import positive_int
+from fopru_model_adapters.args import positive_int, positive_number
 from fopru_model_adapters.base import Prompt
 from fopru_model_adapters.qwen_vl import QwenVLFoPru
 from fopru_model_adapters.requests import VideoReader
@@ -56,7 +55,7 @@ class Qwen3VLFoPru(QwenVLFoPru):
     ) -> None:
         self.system_prompt = system_prompt
         self.max_num_frames = _frame_count("max_num_frames", max_num_frames)
-        self.fps = None if fps is None else _positive_number("fps", fps)
+        self.fps = None if fps is None else positive_number("fps", fps)
         self.total_pixels = None if total_pixels is None else positive_int("total_pixels", total_pixels)
         super().__init__(pretrained, **kwargs)
 
@@ -117,14 +116,4 @@ def _frame_count(name: str, value: Any) -> int:
         number = 0
     if number < 2:
         raise ValueError(f"{name}={value!r} is not supported; accepted values: integers >= 2 (frames go in pairs)")
-    return number
-
-
-def _positive_number(name: str, value: Any) -> float:
-    try:
-        number = float("nan") if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if not (math.isfinite(number) and number > 0):
-        raise ValueError(f"{name}={value!r} is not supported; accepted values: numbers > 0")
     return number
