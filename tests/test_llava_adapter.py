@@ -324,3 +324,12 @@ def test_multi_round_follows_the_task_until_it_ends(tiny_llava: Path, chat: bool
     assert len(result.text) == 3 and result.text[:2] == seen[2][1][:2]
     # Three rounds, each with one image pruned to half of its 36 tokens.
     assert result.token_counts.visual_tokens_kept == 3 * 18 and result.token_counts.visual_tokens_total == 3 * 36
+
+
+def test_the_vicuna_template_is_lmms_evals_own() -> None:
+    """model_adapters/llava.py copies it (lmms-eval's module imports decord at import time)."""
+    from lmms_eval.models.simple import llava_hf
+
+    from fopru_model_adapters.llava import VICUNA_CHAT_TEMPLATE
+
+    assert VICUNA_CHAT_TEMPLATE == llava_hf.VICUNA_CHAT_TEMPLATE
