@@ -282,7 +282,8 @@ class FoPruLMM(MultiRoundMixin, lmms):
             batch = self.prepare(prompts)
             prompt_length = batch.inputs["input_ids"].shape[1]
             started = time.perf_counter()
-            sequences = self.model.generate(**batch.inputs, **self.generation_kwargs(gen_kwargs))
+            with batch.running():
+                sequences = self.model.generate(**batch.inputs, **self.generation_kwargs(gen_kwargs))
             new_tokens = sequences[:, prompt_length:].cpu()
             elapsed = time.perf_counter() - started
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
@@ -359,7 +360,8 @@ class FoPruLMM(MultiRoundMixin, lmms):
             longest = max(len(t) for t in targets)
             # Left padding puts every continuation at the end of its row; the logits that predict it are the
             # ``len(target)`` positions before the last.
-            logits = self.model(**batch.inputs, logits_to_keep=longest + 1).logits[:, :-1].float()
+            with batch.running():
+                logits = self.model(**batch.inputs, logits_to_keep=longest + 1).logits[:, :-1].float()
         results = []
         for i, target in enumerate(targets):
             target_ids = torch.tensor(target, device=logits.device)

@@ -135,9 +135,11 @@ def test_a_failing_sample_fails_the_run_visibly_and_writes_no_results(tiny_llava
     assert not list(output.glob("**/*_samples_*.jsonl"))
 
 
-@pytest.mark.parametrize("strategy", ["rank", "random"])
+# The peer methods too (VisionZip's merges, FastV's drop inside the LLM, whose tiny LLM has 2 layers).
+@pytest.mark.parametrize("strategy", ["rank", "random", "visionzip", "vispruner", "divprune", "fastv,llm_layer=1"])
 def test_two_processes_give_the_single_process_results(tiny_llava: Path, tmp_path: Path, strategy: str) -> None:
-    """torchrun on the CPU is accelerate's MULTI_CPU: each rank scores its share; gathered results must match."""
+    """torchrun on the CPU is accelerate's MULTI_CPU: each rank scores its share; gathered results must match (the
+    peer methods too: VisionZip's merges and FastV's in-LLM drop included)."""
     args = ["--model", "llava_fopru", "--model_args", f"pretrained={tiny_llava},strategy={strategy},keep_ratio=0.25",
             "--tasks", "fopru_shapes_gen", "--batch_size", "2", "--limit", "7", "--device", "cpu"]  # fmt: skip
     single = lmms_eval(args, tmp_path / "single")

@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from conftest import draw_image, mixed_prompts
+from fopru_eval.core.registry import PruningConfigError
 from fopru_eval.tools.checkpoints.hub_layout import HUB_REPOS, save_as_hub
 from fopru_eval.tools.checkpoints.llava import save_random_llava
 from fopru_eval.tools.checkpoints.llava_next import save_random_llava_next
@@ -128,3 +129,51 @@ def test_a_misspelt_model_arg_is_refused_before_weights_load(checkpoints, family
             ValueError, match=r"unknown model args \['keep_raito'\]; accepted: pretrained, .*keep_ratio"
         ):
             cls(pretrained=str(checkpoints(family, "hub")), device="cpu", strategy="rank", keep_raito=0.5)
+
+
+# The peer methods at a budget every tiny view can give; FastV after the tiny LLMs' first layer. Each runs wherever
+# it means something; elsewhere it is refused before weights load, naming why.
+PEER_ARGS = {
+    "visionzip": {"keep_tokens": 4},
+    "vispruner": {"keep_tokens": 4},
+    "divprune": {"keep_tokens": 4},
+    "fastv": {"keep_tokens": 4, "llm_layer": 1},
+}
+REFUSED = {
+    **{
+        (family, method): "has no CLS token"
+        for family in ("llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+        for method in ("visionzip", "vispruner")
+    },  # fmt: skip
+    # The tiny Qwen3-VL's two LLM layers both precede its DeepStack's last injection (tests/test_fastv.py runs FastV
+    # on a deeper one).
+    ("qwen3_vl", "fastv"): r"llm_layer=1 is out of range .* \(DeepStack adds visual features",
+}
+
+
+@pytest.mark.parametrize("method", PEER_ARGS)
+@pytest.mark.parametrize("family", CASES)
+def test_each_peer_method_runs_batched_as_alone_or_is_refused_before_weights_load(
+    checkpoints, family: str, method: str
+) -> None:
+    """Through the adapter's own generation path: one answer per prompt, each the answer the prompt gets alone (batch
+    1), with its kept visual tokens within the per-view budget; or, where the method has no meaning, a refusal before
+    the weights load."""
+    cls, path = CASES[family].adapter, str(checkpoints(family, "transformers"))
+    args = {"pretrained": path, "device": "cpu", "strategy": method, "dtype": "float32", **PEER_ARGS[method]}
+    if (family, method) in REFUSED:
+        with mock.patch.object(cls.family_class.model_class, "from_pretrained", side_effect=AssertionError("loaded")):
+            with pytest.raises(PruningConfigError, match=REFUSED[family, method]):
+                cls(**args, **CASES[family].args)
+        return
+    ours = cls(**args, batch_size=4, **CASES[family].args)
+    batch, gen_kwargs = prompts(), {"max_new_tokens": 3, "temperature": 0}
+    together = ours._generate(batch, gen_kwargs)
+    alone = [ours._generate([prompt], gen_kwargs)[0] for prompt in batch]
+    assert [answer.text for answer in together] == [answer.text for answer in alone]
+    for prompt, answer, single in zip(batch, together, alone, strict=True):
+        counts = answer.token_counts
+        assert counts.visual_tokens_kept == single.token_counts.visual_tokens_kept
+        views = 2 if family.startswith("llava_") else 1  # a NeXT / OneVision image: its base view and its mosaic
+        assert 0 < counts.visual_tokens_kept <= 4 * views * len(prompt.images) or not prompt.images
+        assert counts.visual_tokens_kept <= counts.visual_tokens_total

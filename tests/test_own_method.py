@@ -73,7 +73,10 @@ def test_a_user_strategy_selects_by_its_own_rule(user_module: str) -> None:
         ("no_such_module_anywhere:keep", "cannot import no_such_module_anywhere:keep"),
         ("{module}:missing", "cannot import {module}:missing"),
         ("{module}:two_args", r"must take \(scores, budget, grid, generator\)"),
-        ("keep_centre", "accepted values: rank, row, random, none, uniform, or package.module:function"),
+        (
+            "keep_centre",
+            "accepted values: rank, row, random, none, uniform, visionzip, vispruner, divprune, fastv, or package",
+        ),
     ],
 )
 def test_a_bad_user_strategy_is_refused_clearly(user_module: str, strategy: str, message: str) -> None:

@@ -46,6 +46,20 @@ def test_points_put_the_unpruned_reference_first_and_carry_the_fixed_pruning_arg
         plan_points(["rank"], [0.5], "pretrained=x,strategy=rank,keep_ratio=0.5")
 
 
+def test_a_methods_own_settings_go_to_its_points_only() -> None:
+    """``contextual_ratio`` in --model_args reaches VisionZip's points and not FoPru's (where it would be refused);
+    a setting no swept method takes is refused; CLS-defined and in-LLM methods are not multiplied by scorers."""
+    points = plan_points(
+        ["rank", "visionzip", "fastv"], [0.5], "pretrained=x,contextual_ratio=0.25", scores=["logits", "softmax"]
+    )
+    by_label = {point.label: point.config for point in points}
+    assert by_label["visionzip+logits@0.5"].option_values == {"contextual_ratio": 0.25}
+    assert by_label["rank+logits@0.5"].option_values == {}
+    assert [label for label in by_label if label.startswith("fastv")] == ["fastv@0.5"]
+    with pytest.raises(SweepError, match="sets important_ratio, which none of --strategies takes"):
+        plan_points(["rank", "visionzip"], [0.5], "pretrained=x,important_ratio=0.25")
+
+
 def test_a_bad_request_fails_before_any_weights_load(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     common = ["sweep", "--tasks", "fopru_shapes_gen", "--output_path", str(tmp_path)]
     assert cli.main([*common, "--model_args", "pretrained=/nonexistent,keep_tokens=8"]) == 2

@@ -55,6 +55,13 @@ def window_pairs(rows: int, cols: int, window: int) -> int:
     return squares(rows) * squares(cols)
 
 
-def llm_prefill_flops(blocks: Blocks, vocab_size: int, tokens: int) -> int:
-    """A decoder-only LLM's prefill over ``tokens`` tokens: causal blocks, then the LM head at the last position."""
-    return blocks.flops(tokens, causal_pairs(tokens)) + linear(1, blocks.hidden, vocab_size)
+def llm_prefill_flops(blocks: Blocks, vocab_size: int, tokens: int, shortened: tuple[int, int] | None = None) -> int:
+    """A decoder-only LLM's prefill over ``tokens`` tokens: causal blocks, then the LM head at the last position.
+    ``shortened=(layer, tokens_after)``: the blocks from ``layer`` on run over ``tokens_after`` tokens only (tokens
+    dropped inside the LLM, FastV's stage); the first ``layer`` blocks over all of them."""
+    head = linear(1, blocks.hidden, vocab_size)
+    if shortened is None:
+        return blocks.flops(tokens, causal_pairs(tokens)) + head
+    layer, after = shortened
+    first = blocks.flops(tokens, causal_pairs(tokens), layers=layer)
+    return first + blocks.flops(after, causal_pairs(after), layers=blocks.layers - layer) + head

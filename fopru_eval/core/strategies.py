@@ -1,17 +1,25 @@
 """Strategies: which visual tokens of one view to keep (FoPru, arXiv 2411.14164, section 3.3), as a registry.
 
-A strategy is one function ``select(scores, budget, grid, generator) -> indices``:
+A strategy is one function ``select(scores, budget, grid, generator, **inputs) -> indices``:
   scores     the (tokens,) significance of the view's tokens in raster order, or None if it declares
              ``needs_scores=False`` (then no attention is captured at all);
   budget     the config's ``Budget``: ``budget.tokens(n)`` and ``budget.rows(rows, cols)`` give the counts;
   grid       (rows, cols) of the view; tokens = rows * cols;
-  generator  a ``torch.Generator`` seeded per doc, image and view, for strategies that draw at random.
+  generator  a ``torch.Generator`` seeded per doc, image and view, for strategies that draw at random;
+  inputs     what else it declares it ``reads`` (``INPUTS``), each (tokens, width) in the same raster order, and its
+             ``options`` (``Option``) as keywords.
 It returns the kept indices; the driver sorts them ascending (the reorder step), so the LLM sees kept tokens in their
-original raster order, and refuses duplicates or indices off the grid. Built-in ties break towards the lower index,
-so a run is reproducible.
+original raster order, and refuses duplicates or indices off the grid. Or it returns a ``Merge``: the kept indices and,
+for each, the weights that mix the view's tokens into the features it carries (VisionZip's contextual tokens). Built-in
+ties break towards the lower index, so a run is reproducible.
 
-Adding a strategy is one registration here (``@register_strategy("name")``), or, from a user's own code, nothing:
-``strategy=my_pkg.pruning:keep_center`` names any function with this signature (see ``registry.py``).
+Where the scores come from is the strategy's ``stage``: ``vision`` (the tower's attention, by the config's scorer, and
+selection before the LLM) or ``llm`` (the attention inside the LLM, and the tokens dropped after one of its layers:
+``fopru_eval/families/llm_stage.py``, FastV's stage).
+
+Adding a strategy is one registration (``@register_strategy("name")``: FoPru's and the controls here, the peer methods
+in ``peers.py``), or, from a user's own code, nothing: ``strategy=my_pkg.pruning:keep_center`` names any function
+with this signature (see ``registry.py``); attributes on it (``reads``, ``stage``, ``needs_scores``) declare the rest.
 """
 
 from __future__ import annotations
@@ -19,31 +27,117 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from fopru_eval.core.budget import Budget
-from fopru_eval.core.registry import Registry
+from fopru_eval.core.registry import PruningConfigError, Registry
 
 Grid = tuple[int, int]
-SelectFunction = Callable[[torch.Tensor | None, Budget, Grid, torch.Generator], torch.Tensor]
+SelectFunction = Callable[..., "torch.Tensor | Merge"]
+
+# How each pruned sequence is numbered: ``compact`` re-indexes it contiguously (the paper's reorder step);
+# ``original`` gives each kept token the position id it had before pruning.
+POSITION_MODES = ("compact", "original")
+# What a strategy may read besides the scores, per token of the view (``Strategy.reads``):
+#   features        the features the LLM receives for them (after the projector or merger);
+#   tower_features  the tower's features the projector reads (before it), where the family has a separate projector;
+#   keys            the keys of the scored tower layer, averaged over heads.
+INPUTS = ("features", "tower_features", "keys")
+STAGES = ("vision", "llm")
+
+
+@dataclass(frozen=True)
+class Merge:
+    """Kept tokens that carry merged features: kept token ``kept[j]`` carries ``weights[j] @ tokens``, a mix of the
+    view's tokens (each row of ``weights`` has one weight per token of the view). The driver mixes the tower's
+    features where the family has them (then projects), else the features the LLM receives. A merged token counts as
+    one kept token."""
+
+    kept: torch.Tensor
+    weights: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Option:
+    """A setting of a method, given in ``--model_args`` by ``name``: a number of ``kind`` (int or float) within
+    ``low`` .. ``high`` (each inclusive unless ``open_low``/``open_high``)."""
+
+    name: str
+    default: float
+    kind: type
+    low: float
+    high: float
+    open_low: bool = False
+    open_high: bool = False
+
+    def parse(self, value: Any) -> float:
+        try:
+            number = float(value)
+            if self.kind is int and not number.is_integer():
+                raise ValueError
+        except (TypeError, ValueError):
+            expected = "an integer" if self.kind is int else "a number"
+            raise PruningConfigError(f"{self.name}={value!r} is not {expected}") from None
+        below = number <= self.low if self.open_low else number < self.low
+        above = number >= self.high if self.open_high else number > self.high
+        if below or above:
+            raise PruningConfigError(f"{self.name}={value} is out of range; accepted values: {self.accepted()}")
+        return self.kind(number)
+
+    def accepted(self) -> str:
+        low, high = ("<" if self.open_low else "<="), ("<" if self.open_high else "<=")
+        what = "integers" if self.kind is int else "numbers"
+        return f"{what} {self.low:g} {low} {self.name} {high} {self.high:g}"
 
 
 @dataclass(frozen=True)
 class Strategy:
-    """A selection rule. ``needs_scores``: it reads the significance (so the tower runs with the capture on).
-    ``uses_budget``: it takes keep_ratio/keep_tokens; one that does not (``none``) keeps every token."""
+    """A selection rule. ``needs_scores``: it reads the significance (so the tower runs with the capture on, or, for
+    the ``llm`` stage, the attention row is computed). ``uses_budget``: it takes keep_ratio/keep_tokens; one that does
+    not (``none``) keeps every token. ``reads``: further ``INPUTS`` it is handed. ``significance``: the scorer the
+    method is defined with (None: the config's). ``stage``: ``STAGES``. ``options``: its settings; a ``vision``
+    strategy is handed them as keywords, an ``llm`` one configures its stage with them. ``positions``: the
+    ``POSITION_MODES`` it accepts, the first its default. ``merges``: it may return a ``Merge``."""
 
     name: str
     select: SelectFunction
     needs_scores: bool = True
     uses_budget: bool = True
+    reads: tuple[str, ...] = ()
+    significance: str | None = None
+    stage: str = "vision"
+    options: tuple[Option, ...] = ()
+    positions: tuple[str, ...] = POSITION_MODES
+    merges: bool = False
+
+    def __post_init__(self) -> None:
+        if unknown := [name for name in self.reads if name not in INPUTS]:
+            raise PruningConfigError(f"strategy={self.name} reads {unknown}; accepted: {', '.join(INPUTS)}")
+        if self.stage not in STAGES:
+            raise PruningConfigError(f"strategy={self.name} has stage {self.stage!r}; accepted: {', '.join(STAGES)}")
+
+
+# Every strategy that runs inside the LLM drops the visual tokens after this LLM layer (FastV's K, the paper's 2).
+LLM_LAYER = Option("llm_layer", 2, int, 1, 1 << 20)
 
 
 def _wrap_user_function(spec: str, function: Callable) -> Strategy:
-    # A user's function may say it needs no scores (saving the capture) with an attribute: keep_center.needs_scores
-    # = False; by default it is handed them.
-    return Strategy(spec, function, needs_scores=bool(getattr(function, "needs_scores", True)))
+    # A user's function declares the rest with attributes: keep_center.needs_scores = False (saves the capture),
+    # .reads = ("features",), .merges = True, .stage = "llm" (its scores are then the LLM's attention, and the
+    # tokens are dropped after llm_layer).
+    stage = str(getattr(function, "stage", "vision"))
+    return Strategy(
+        spec,
+        function,
+        needs_scores=bool(getattr(function, "needs_scores", True)),
+        reads=tuple(getattr(function, "reads", ())),
+        stage=stage,
+        options=(LLM_LAYER,) if stage == "llm" else (),
+        positions=("original",) if stage == "llm" else POSITION_MODES,
+        merges=bool(getattr(function, "merges", False)),
+    )
 
 
 STRATEGIES: Registry[Strategy] = Registry(
@@ -55,13 +149,11 @@ STRATEGIES: Registry[Strategy] = Registry(
 )
 
 
-def register_strategy(
-    name: str, *, needs_scores: bool = True, uses_budget: bool = True
-) -> Callable[[SelectFunction], SelectFunction]:
-    """Decorator: register ``select`` under ``name``."""
+def register_strategy(name: str, **declared: Any) -> Callable[[SelectFunction], SelectFunction]:
+    """Decorator: register ``select`` under ``name``; ``declared`` are ``Strategy``'s other fields."""
 
     def register(select: SelectFunction) -> SelectFunction:
-        STRATEGIES.add(name, Strategy(name, select, needs_scores, uses_budget))
+        STRATEGIES.add(name, Strategy(name, select, **declared))
         return select
 
     return register
@@ -149,26 +241,54 @@ def uniform(scores: None, budget: Budget, grid: Grid, generator: torch.Generator
 # ----- applying a strategy -------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Selection:
+    """One view's kept indices, sorted ascending, and, where the strategy merges, each one's row of weights."""
+
+    kept: torch.Tensor
+    weights: torch.Tensor | None = None
+
+
 def apply_strategy(
     strategy: Strategy,
     budget: Budget,
     grid: Grid,
     significance: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Kept indices, sorted ascending, of one view whose ``rows * cols`` tokens lie on ``grid`` in raster order.
+    inputs: dict[str, torch.Tensor] | None = None,
+    options: dict[str, Any] | None = None,
+) -> Selection:
+    """The selection of one view whose ``rows * cols`` tokens lie on ``grid`` in raster order; ``inputs`` holds what
+    the strategy ``reads``, ``options`` its settings.
 
-    A strategy's answer is checked: integer indices on the grid, each at most once (a user's rule may be wrong).
+    A strategy's answer is checked: integer indices on the grid, each at most once, and merge weights with one row per
+    kept token and one column per token of the view (a user's rule may be wrong).
     """
     if strategy.needs_scores and significance is None:
         raise ValueError(f"strategy={strategy.name} needs the significance of every token")
-    kept = strategy.select(significance if strategy.needs_scores else None, budget, grid, generator)
+    inputs = inputs or {}
+    if missing := [name for name in strategy.reads if name not in inputs]:
+        raise ValueError(f"strategy={strategy.name} reads {missing}, which this view does not have")
+    given = {name: inputs[name] for name in strategy.reads} | (
+        options if strategy.stage == "vision" and options else {}
+    )
+    answer = strategy.select(significance if strategy.needs_scores else None, budget, grid, generator, **given)
+    kept, weights = (answer.kept, answer.weights) if isinstance(answer, Merge) else (answer, None)
+    if weights is not None and not strategy.merges:
+        raise ValueError(f"strategy={strategy.name} returned a Merge but does not declare merges=True")
     num_tokens = grid[0] * grid[1]
     if not isinstance(kept, torch.Tensor) or kept.dim() != 1 or kept.is_floating_point() or kept.is_complex():
         raise ValueError(f"strategy={strategy.name} must return a 1-D tensor of integer token indices")
-    kept = kept.sort().values
+    kept, order = kept.sort()
     if kept.numel() and (kept[0] < 0 or kept[-1] >= num_tokens):
         raise ValueError(f"strategy={strategy.name} returned indices outside 0..{num_tokens - 1} of a {grid} grid")
     if kept.numel() > 1 and bool((kept[1:] == kept[:-1]).any()):
         raise ValueError(f"strategy={strategy.name} returned the same token twice")
-    return kept
+    if weights is not None:
+        if weights.shape != (kept.numel(), num_tokens):
+            raise ValueError(
+                f"strategy={strategy.name} returned merge weights of shape {tuple(weights.shape)}; expected "
+                f"(kept tokens, view tokens) = ({kept.numel()}, {num_tokens})"
+            )
+        weights = weights[order.to(weights.device)]
+    return Selection(kept, weights)

@@ -21,6 +21,7 @@ from fopru_eval.core.flops import Blocks, llm_prefill_flops
 from fopru_eval.core.layout import ImageLayout
 from fopru_eval.core.registry import PruningConfigError
 from fopru_eval.core.scoring import SCORERS, Scorer
+from fopru_eval.core.strategies import STRATEGIES
 
 
 @dataclass
@@ -60,6 +61,11 @@ class EncodedImages:
     # Per image: further features of the same packed tokens that the LLM also reads (Qwen3-VL's DeepStack features,
     # one tensor per injected layer), kept at the same positions as ``features``; empty for most families.
     extra_features: list[list[torch.Tensor]] = field(default_factory=list)
+    # Per image, indexed by its views' ``sources`` like ``scores``, where the strategy reads them
+    # (``Family.tower_reads``): the scored layer's keys averaged over heads, and the tower's features the projector
+    # reads. None otherwise.
+    keys: list[torch.Tensor] | None = None
+    tower_features: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -76,6 +82,13 @@ class PrunedBatch:
     newline_tokens_total: list[int] | None = None
     # Estimated prefill FLOPs: tower and projector over every patch, the LLM over the tokens it was fed.
     prefill_flops: list[int] | None = None
+    # For a strategy that drops tokens inside the LLM: the stage to run the model under (``running``); it fills in the
+    # counts above (kept tokens, markers, FLOPs) once the prefill has selected.
+    llm_stage: Any = None
+
+    def running(self) -> Any:
+        """The context every forward and ``generate`` on ``inputs`` runs under."""
+        return self.llm_stage if self.llm_stage is not None else nullcontext()
 
 
 class Family:
@@ -87,6 +100,8 @@ class Family:
     example_checkpoint: ClassVar[str]
     # Whether images end rows with newline tokens (row markers in their layouts), counted apart from visual tokens.
     has_newlines: ClassVar[bool] = False
+    # What the tower gives a strategy beside scores and the LLM's features (``Strategy.reads``): none for most.
+    tower_reads: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: PreTrainedModel, processor: ProcessorMixin) -> None:
         self.model = model
@@ -99,16 +114,17 @@ class Family:
         every patch, whatever pruning keeps (it comes after them)."""
         raise NotImplementedError
 
-    def llm_flops(self, tokens: int, layers: int | None = None) -> int:
+    def llm_flops(self, tokens: int, layers: int | None = None, shortened: tuple[int, int] | None = None) -> int:
         """The LLM's prefill FLOPs over ``tokens`` tokens (Llama-style blocks: gated MLP, grouped-query attention),
-        with ``layers`` decoder layers instead of the loaded model's (a benchmark's slice of a deeper LLM)."""
+        with ``layers`` decoder layers instead of the loaded model's (a benchmark's slice of a deeper LLM);
+        ``shortened=(layer, tokens_after)`` for tokens dropped inside the LLM (``llm_prefill_flops``)."""
         text = self.model.config.text_config
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         blocks = Blocks(
             layers or text.num_hidden_layers, text.hidden_size, text.num_attention_heads, text.num_key_value_heads,
             head_dim, text.intermediate_size, gated=True,
         )  # fmt: skip
-        return llm_prefill_flops(blocks, text.vocab_size, tokens)
+        return llm_prefill_flops(blocks, text.vocab_size, tokens, shortened)
 
     def decoder_layers(self) -> torch.nn.ModuleList:
         """The LLM's decoder layers, all of one shape (a benchmark times them to scale a slice of the LLM up)."""
@@ -129,13 +145,61 @@ class Family:
                 f"{cls.model_class.__name__} checkpoints (model_type {cls.model_type!r}, e.g. {cls.example_checkpoint})"
             )
         cls.check_config(config, f"{who}: pretrained={pretrained}", who)
-        if pruning is not None and pruning.needs_scores and pruning.scorer.needs_prefix_token:
-            if cls.prefix_tokens(config) == 0:
+        if pruning is not None:
+            cls.check_pruning(config, pruning, who)
+
+    @classmethod
+    def check_pruning(cls, config: PretrainedConfig, pruning: PruningConfig, who: str) -> None:
+        """A clear error if this family's checkpoint ``config`` cannot give what ``pruning`` asks for."""
+        selection = pruning.selection
+        if pruning.needs_scores and pruning.scorer.needs_prefix_token and cls.prefix_tokens(config) == 0:
+            if selection.significance is not None:  # a method defined on the CLS token's attention
+                accepted = [name for name in STRATEGIES.names() if STRATEGIES.get(name).significance is None]
                 raise PruningConfigError(
-                    f"{who}: significance={pruning.significance} scores the CLS token's attention, and {cls.label}'s "
-                    "vision tower has no CLS token; accepted values here: "
-                    f"{', '.join(n for n in SCORERS.names() if not SCORERS.get(n).needs_prefix_token)}"
+                    f"{who}: strategy={pruning.strategy} ranks tokens by the CLS token's attention, and "
+                    f"{cls.label}'s vision tower has no CLS token; accepted values here: {', '.join(accepted)}"
                 )
+            raise PruningConfigError(
+                f"{who}: significance={pruning.significance} scores the CLS token's attention, and {cls.label}'s "
+                "vision tower has no CLS token; accepted values here: "
+                f"{', '.join(n for n in SCORERS.names() if not SCORERS.get(n).needs_prefix_token)}"
+            )
+        if missing := [name for name in selection.reads if name != "features" and name not in cls.tower_reads]:
+            raise PruningConfigError(
+                f"{who}: strategy={pruning.strategy} reads the tower's {', '.join(missing)}, which {cls.label} "
+                "does not give here"
+            )
+        if pruning.in_llm:
+            if selection.reads:
+                raise PruningConfigError(
+                    f"{who}: strategy={pruning.strategy} runs inside the LLM, where a view has only its attention "
+                    f"row; it cannot read {', '.join(selection.reads)}"
+                )
+            text = config.text_config
+            first, last = cls.first_llm_stage_layer(config), text.num_hidden_layers - 1
+            layer = pruning.option_values["llm_layer"]
+            if not first <= layer <= last:
+                raise PruningConfigError(
+                    f"{who}: llm_layer={layer} is out of range for this checkpoint; accepted values: {first} <= "
+                    f"llm_layer <= {last}" + cls.llm_stage_floor_reason(config)
+                )
+            layer_types = getattr(text, "layer_types", None) or ["full_attention"]
+            if getattr(text, "use_sliding_window", False) and any(t != "full_attention" for t in layer_types):
+                raise PruningConfigError(
+                    f"{who}: strategy={pruning.strategy} drops tokens inside the LLM, and this checkpoint's LLM has "
+                    "sliding-window layers, whose window would no longer mean the same tokens; not supported"
+                )
+
+    @classmethod
+    def first_llm_stage_layer(cls, config: PretrainedConfig) -> int:
+        """The lowest ``llm_layer`` an in-LLM strategy may drop tokens after (layer ``llm_layer`` - 1's attention
+        scores them)."""
+        return 1
+
+    @classmethod
+    def llm_stage_floor_reason(cls, config: PretrainedConfig) -> str:
+        """Why ``first_llm_stage_layer`` is what it is, where a family raises it."""
+        return ""
 
     @classmethod
     def check_config(cls, config: PretrainedConfig, checkpoint: str, who: str) -> None:
@@ -180,9 +244,16 @@ class Family:
         """A context manager that captures the significance of every image the tower sees while it is active."""
         raise NotImplementedError
 
-    def encode_images(self, encoded: dict[str, Any], scorer: Scorer | None) -> EncodedImages:
-        """Run the tower on the processor's output; with a scorer, under the significance capture."""
+    def encode_images(
+        self, encoded: dict[str, Any], scorer: Scorer | None, reads: frozenset[str] = frozenset()
+    ) -> EncodedImages:
+        """Run the tower on the processor's output; with a scorer, under the significance capture; ``reads``: which
+        of ``tower_reads`` to give as well."""
         raise NotImplementedError
+
+    def project(self, tower_features: torch.Tensor) -> torch.Tensor:
+        """(tokens, width): the projector over tower features (merged ones), where ``tower_features`` is read."""
+        raise NotImplementedError(f"{self.label} has no separate projector to merge tower features through")
 
     # ----- videos, for the families that read them -----------------------------------------------------------------
 

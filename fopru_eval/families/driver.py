@@ -10,20 +10,32 @@ A video (families with ``has_video``) goes the same way as an image whose views 
 ``video`` placeholders of pruned tokens are dropped and the kept features go in as ``mm_encoder_outputs["video"]``.
 A video read from a file carries the processor's ``video_metadata`` (``Prompt.video_metadata``), passed only for
 batches with videos.
+
+A strategy may read more than scores (``Strategy.reads``: the features the LLM receives, the tower's features, the
+scored layer's keys) and may merge (``Merge``): a merged token's features are mixed from the tower's features and
+projected again where the family has a separate projector (``Family.project``), else mixed from the LLM's features.
+A strategy of the ``llm`` stage (FastV) selects nothing here: the batch goes in whole, with an ``LLMStage``
+(``llm_stage.py``) that drops the tokens inside the LLM; the per-sample counts are filled in once it has.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 
 from fopru_eval.core.config import PruningConfig
-from fopru_eval.core.layout import ImageLayout
+from fopru_eval.core.layout import ImageLayout, View
 from fopru_eval.core.sequence import kept_token_mask, left_pad, unpad
-from fopru_eval.core.strategies import apply_strategy
+from fopru_eval.core.strategies import Selection, apply_strategy
 from fopru_eval.families.base import EncodedImages, Family, Prompt, PrunedBatch
+from fopru_eval.families.llm_stage import LLMStage, VisualSpan
+
+# What goes before the LLM when the strategy selects inside it.
+KEEP_ALL = PruningConfig("none")
 
 
 def prune_batch(
@@ -51,8 +63,10 @@ def prune_batch(
     for i, continuation in enumerate(continuations or []):
         rows[i] = torch.cat([rows[i], torch.tensor(continuation, dtype=rows[i].dtype)])
     scorer = config.scorer if config.needs_scores else None
-    vision = family.encode_images(encoded, scorer) if images else None
+    vision = family.encode_images(encoded, scorer, tower_reads(family, config)) if images else None
     video_vision = family.encode_videos(encoded, scorer) if videos else None
+    selecting = KEEP_ALL if config.in_llm else config
+    spans: list[list[tuple[ImageLayout, int, str, int]]] = []
 
     kept_features: list[torch.Tensor] = []
     kept_extra_features: list[list[torch.Tensor]] = []
@@ -60,7 +74,7 @@ def prune_batch(
     kept_video_extra_features: list[list[torch.Tensor]] = []
     kept_positions: list[torch.Tensor] = []
     counts: dict[str, list[int]] = {
-        name: [] for name in ("kept", "total", "markers_kept", "markers_total", "prefill_flops")
+        name: [] for name in ("kept", "total", "markers_kept", "markers_total", "vision_flops", "prefill_flops")
     }
     first_image = first_video = 0
     for i, prompt in enumerate(prompts):
@@ -69,14 +83,18 @@ def prune_batch(
         video_indices = range(first_video, first_video + len(prompt.videos))
         first_video = video_indices.stop
         kept, layouts, markers = keep_each(
-            config, vision, image_indices, prompt.doc_key, kept_features, kept_extra_features
+            selecting, family, vision, image_indices, prompt.doc_key, kept_features, kept_extra_features
+        )
+        spans.append(
+            [(layout, family.model.config.image_token_id, prompt.doc_key, j) for j, layout in enumerate(layouts)]
         )
         sizes = [layout.num_packed_tokens for layout in layouts]
         keep = kept_token_mask(rows[i], family.model.config.image_token_id, kept, sizes)
         if video_indices:
             # Videos draw apart from images: the doc's video 0 is not its image 0.
             video_kept, video_layouts, video_markers = keep_each(
-                config,
+                selecting,
+                family,
                 video_vision,
                 video_indices,
                 f"{prompt.doc_key}/video",
@@ -85,6 +103,8 @@ def prune_batch(
             )
             video_sizes = [layout.num_packed_tokens for layout in video_layouts]
             keep &= kept_token_mask(rows[i], family.model.config.video_token_id, video_kept, video_sizes)
+            video_token = family.model.config.video_token_id
+            spans[-1] += [(layout, video_token, f"{prompt.doc_key}/video", j) for j, layout in enumerate(video_layouts)]
             kept, layouts, markers = kept + video_kept, layouts + video_layouts, markers + video_markers
         kept_positions.append(family.unpruned_positions(rows[i], encoded, image_indices, video_indices)[..., keep])
         rows[i] = rows[i][keep]
@@ -94,6 +114,7 @@ def prune_batch(
         counts["markers_total"].append(sum(layout.num_markers for layout in layouts))
         image_flops = sum(family.image_flops(encoded, image_index) for image_index in image_indices)
         image_flops += sum(family.video_flops(encoded, video_index) for video_index in video_indices)
+        counts["vision_flops"].append(image_flops)
         counts["prefill_flops"].append(image_flops + family.llm_flops(rows[i].numel()))
 
     input_ids, attention_mask = left_pad(rows, processor.tokenizer.pad_token_id)
@@ -107,6 +128,10 @@ def prune_batch(
     if kept_video_features:
         video_outputs = family.video_encoder_outputs(kept_video_features, kept_video_extra_features)
         inputs["mm_encoder_outputs"] = inputs.get("mm_encoder_outputs", {}) | {"video": video_outputs}
+    stage = None
+    if config.in_llm:
+        stage = LLMStage(family.decoder_layers(), config, visual_spans(input_ids, spans), attention_mask)
+        stage.on_selected = partial(count_in_llm, family, stage, counts, [row.numel() for row in rows])
     return PrunedBatch(
         inputs=inputs,
         visual_tokens_kept=counts["kept"],
@@ -115,11 +140,53 @@ def prune_batch(
         newline_tokens_kept=counts["markers_kept"] if family.has_newlines else None,
         newline_tokens_total=counts["markers_total"] if family.has_newlines else None,
         prefill_flops=counts["prefill_flops"],
+        llm_stage=stage,
     )
+
+
+def tower_reads(family: Family, config: PruningConfig) -> frozenset[str]:
+    """What the tower must give beside scores: what the strategy reads of it, and its features where it merges."""
+    selection = config.selection
+    if config.in_llm:
+        return frozenset()
+    reads = set(selection.reads) - {"features"}
+    if selection.merges and "tower_features" in family.tower_reads:
+        reads.add("tower_features")
+    return frozenset(reads)
+
+
+def visual_spans(
+    input_ids: torch.Tensor, spans: list[list[tuple[ImageLayout, int, str, int]]]
+) -> list[list[VisualSpan]]:
+    """Each row's images and videos as ``VisualSpan``s of the left-padded ``input_ids``: the placeholders of each
+    token id, in order, split by the layouts' sizes."""
+    rows = []
+    for ids, row_spans in zip(input_ids.cpu(), spans, strict=True):
+        found: list[VisualSpan] = []
+        for token_id in dict.fromkeys(token for _, token, _, _ in row_spans):
+            of_token = [(layout, key, j) for layout, token, key, j in row_spans if token == token_id]
+            positions = (ids == token_id).nonzero().flatten()
+            pieces = positions.split([layout.num_packed_tokens for layout, _, _ in of_token])
+            found += [
+                VisualSpan(layout, piece, key, j) for (layout, key, j), piece in zip(of_token, pieces, strict=True)
+            ]
+        rows.append(found)
+    return rows
+
+
+def count_in_llm(family: Family, stage: LLMStage, counts: dict[str, list[int]], input_tokens: list[int]) -> None:
+    """Once the LLM stage has selected: each sample's kept visual tokens and markers, and its prefill FLOPs with the
+    layers from ``llm_layer`` on over the shorter sequence."""
+    for i, tokens in enumerate(input_tokens):
+        counts["kept"][i] = stage.visual_tokens_kept[i]
+        counts["markers_kept"][i] = stage.markers_kept[i]
+        shortened = (stage.depth, stage.tokens_after[i])
+        counts["prefill_flops"][i] = counts["vision_flops"][i] + family.llm_flops(tokens, shortened=shortened)
 
 
 def keep_each(
     config: PruningConfig,
+    family: Family,
     vision: EncodedImages | None,
     indices: range,
     doc_key: str,
@@ -133,9 +200,12 @@ def keep_each(
     for local_index, index in enumerate(indices):
         layout = vision.layouts[index]
         scores = vision.scores[index] if vision.scores is not None else None
-        positions, image_markers = keep_image(config, layout, scores, doc_key, local_index)
-        on_device = positions.to(vision.features[index].device)
-        kept_features.append(vision.features[index][on_device])
+        inputs_of = partial(view_inputs, vision, index)
+        selections = select_views(config, layout, scores, doc_key, local_index, inputs_of)
+        positions, image_markers = layout.kept_positions(*(selection.kept for selection in selections))
+        features = merged_features(family, vision, index, layout, selections)
+        on_device = positions.to(features.device)
+        kept_features.append(features[on_device])
         if vision.extra_features:
             kept_extra_features.append([stream[on_device] for stream in vision.extra_features[index]])
         kept.append(positions)
@@ -144,18 +214,76 @@ def keep_each(
     return kept, layouts, markers
 
 
-def keep_image(
-    config: PruningConfig, layout: ImageLayout, scores: torch.Tensor | None, doc_key: str, image_index: int
-) -> tuple[torch.Tensor, int]:
-    """The packed positions of one image that survive, and how many of them are row markers."""
-    kept = []
+def select_views(
+    config: PruningConfig,
+    layout: ImageLayout,
+    scores: torch.Tensor | None,
+    doc_key: str,
+    image_index: int,
+    inputs_of: Callable[[View], dict[str, torch.Tensor]] | None = None,
+    by_position: bool = False,
+) -> list[Selection]:
+    """Each view's selection; ``scores`` are indexed by the views' sources (a tower's significance), or by their
+    packed positions (``by_position``: the LLM's attention); ``inputs_of(view)`` gives what the strategy reads."""
+    selections = []
     for view_index, view in enumerate(layout.views):
         # View v of the doc's image i draws as "image" i * views + v: LLaVA-1.5's image i is i.
         seed = random_seed_for(config.seed, doc_key, image_index * len(layout.views) + view_index)
-        view_scores = scores[view.sources.to(scores.device)] if scores is not None else None
+        index = view.positions if by_position else view.sources
+        view_scores = scores[index.to(scores.device)] if scores is not None else None
+        inputs = inputs_of(view) if inputs_of is not None and config.selection.reads else None
         generator = torch.Generator().manual_seed(seed)
-        kept.append(apply_strategy(config.selection, config.budget, view.grid, view_scores, generator))
-    return layout.kept_positions(*kept)
+        options = config.option_values
+        selections.append(
+            apply_strategy(config.selection, config.budget, view.grid, view_scores, generator, inputs, options)
+        )
+    return selections
+
+
+def keep_image(
+    config: PruningConfig,
+    layout: ImageLayout,
+    scores: torch.Tensor | None,
+    doc_key: str,
+    image_index: int,
+    inputs_of: Callable[[View], dict[str, torch.Tensor]] | None = None,
+) -> tuple[torch.Tensor, int]:
+    """The packed positions of one image that survive, and how many of them are row markers."""
+    selections = select_views(config, layout, scores, doc_key, image_index, inputs_of)
+    return layout.kept_positions(*(selection.kept for selection in selections))
+
+
+def view_inputs(vision: EncodedImages, index: int, view: View) -> dict[str, torch.Tensor]:
+    """What a strategy may read of one view of image ``index``, each per token of the view in raster order."""
+    inputs = {"features": vision.features[index][view.positions.to(vision.features[index].device)]}
+    for name, stream in (("tower_features", vision.tower_features), ("keys", vision.keys)):
+        if stream is not None:
+            inputs[name] = stream[index][view.sources.to(stream[index].device)]
+    return inputs
+
+
+def merged_features(
+    family: Family, vision: EncodedImages, index: int, layout: ImageLayout, selections: list[Selection]
+) -> torch.Tensor:
+    """Image ``index``'s packed features with each merged token's features mixed by its selection's weights: from the
+    tower's features, then projected, where the family has them, else from the features the LLM receives."""
+    features = vision.features[index]
+    if all(selection.weights is None for selection in selections):
+        return features
+    if vision.extra_features:
+        raise ValueError(f"{family.label}: merging tokens is not supported; its LLM reads further features per token")
+    features = features.clone()
+    for view, selection in zip(layout.views, selections, strict=True):
+        if selection.weights is None:
+            continue
+        if vision.tower_features is not None:
+            tower = vision.tower_features[index][view.sources.to(vision.tower_features[index].device)]
+            mixed = family.project((selection.weights.to(tower.device).float() @ tower.float()).to(tower.dtype))
+        else:
+            source = features[view.positions.to(features.device)]
+            mixed = selection.weights.to(source.device).float() @ source.float()
+        features[view.positions[selection.kept].to(features.device)] = mixed.to(features.dtype)
+    return features
 
 
 def video_metadata(prompts: list[Prompt]) -> list[dict[str, Any]] | None:

@@ -76,7 +76,8 @@ class _Capture:
 
 
 class SignificanceCapture(_Capture):
-    """While active, each forward through ``query_proj``/``key_proj`` adds the significance of a batch of images.
+    """While active, each forward through ``query_proj``/``key_proj`` adds the significance of a batch of images,
+    and, with ``keep_keys``, each image's patch keys averaged over heads (VisionZip's similarity metric).
 
     The layer computes its queries before its keys, so the key hook finds the queries already stored.
     """
@@ -90,11 +91,18 @@ class SignificanceCapture(_Capture):
         num_prefix_tokens: int,
         scorer: Scorer | str,
         timed: bool = False,
+        keep_keys: bool = False,
     ) -> None:
         super().__init__(scorer, timed)
         self.query_proj, self.key_proj = query_proj, key_proj
         self.num_heads, self.scale, self.num_prefix_tokens = num_heads, scale, num_prefix_tokens
+        self.keep_keys = keep_keys
         self._queries: torch.Tensor | None = None
+        self._keys: list[torch.Tensor] = []
+
+    def __enter__(self) -> SignificanceCapture:
+        self._keys.clear()
+        return super().__enter__()
 
     def _install(self) -> list[torch.utils.hooks.RemovableHandle]:
         return [
@@ -114,6 +122,15 @@ class SignificanceCapture(_Capture):
         queries, self._queries = split_heads(self._queries, self.num_heads), None
         keys = split_heads(keys, self.num_heads)
         self._keep(lambda: list(self.scorer.score(queries, keys, self.scale, self.num_prefix_tokens)), keys.device)
+        if self.keep_keys:
+            self._keys += list(keys[:, :, self.num_prefix_tokens :].mean(dim=1))
+
+    @property
+    def keys(self) -> torch.Tensor:
+        """(images, patches, head_dim): each image's patch keys averaged over heads, in the order they ran."""
+        if not self._keys:
+            raise RuntimeError("no keys were captured: the hooked layer did not run, or keep_keys is off")
+        return torch.stack(self._keys)
 
     @property
     def significance(self) -> torch.Tensor:
@@ -176,3 +193,22 @@ class PackedSignificanceCapture(_Capture):
     def significance(self) -> list[torch.Tensor]:
         """Per image seen while active, in the order they ran: one score per LLM token (merge group)."""
         return list(self._captured())
+
+
+class InputCapture:
+    """While active, keeps the first positional input of every call to ``module`` (e.g. what a projector reads)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.inputs: list[torch.Tensor] = []
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+
+    def __enter__(self) -> InputCapture:
+        self.inputs.clear()
+        self._handle = self.module.register_forward_pre_hook(lambda module, args: self.inputs.append(args[0]))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+        self._handle = None

@@ -8,6 +8,7 @@ less its prefix (CLS) token; the view is the tower's patch grid (24 x 24 = 576 t
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from functools import partial
 from typing import Any, ClassVar
 
@@ -21,7 +22,7 @@ from fopru_eval.core.layout import ImageLayout
 from fopru_eval.core.scoring import Scorer
 from fopru_eval.core.sequence import left_pad
 from fopru_eval.families.base import EncodedImages, Family
-from fopru_eval.families.hooks import SignificanceCapture
+from fopru_eval.families.hooks import InputCapture, SignificanceCapture
 
 # Vision towers whose attention layers we can read, with their prefix (non-patch) tokens and the
 # vision_feature_select_strategy that drops exactly those: adding a tower type is one entry here. SigLIP has no CLS
@@ -41,6 +42,8 @@ class Llava(Family):
     tower_class: ClassVar[type[PreTrainedModel]] = CLIPVisionModel
     # The ``TOWERS`` this family's checkpoints come with.
     towers: ClassVar[tuple[str, ...]] = ("clip_vision_model",)
+    # The scored layer's keys (VisionZip), and the tower features the projector reads (VisPruner, merging).
+    tower_reads: ClassVar[tuple[str, ...]] = ("keys", "tower_features")
 
     @classmethod
     def check_config(cls, config: PretrainedConfig, checkpoint: str, who: str) -> None:
@@ -79,7 +82,12 @@ class Llava(Family):
 
     @classmethod
     def tower_capture(
-        cls, tower: nn.Module, config: PretrainedConfig, scorer: Scorer | str, timed: bool = False
+        cls,
+        tower: nn.Module,
+        config: PretrainedConfig,
+        scorer: Scorer | str,
+        timed: bool = False,
+        keep_keys: bool = False,
     ) -> SignificanceCapture:
         """The capture on a LLaVA tower (``config`` is the whole model's), also for a tower built on its own."""
         attention = cls.feature_attention(tower, config)
@@ -91,6 +99,7 @@ class Llava(Family):
             cls.prefix_tokens(config),
             scorer,
             timed,
+            keep_keys,
         )
 
     @classmethod
@@ -106,8 +115,10 @@ class Llava(Family):
         side = config.vision_config.image_size
         return {"pixel_values": torch.randn(images, 3, side, side, generator=generator)}
 
-    def significance_capture(self, scorer: Scorer | str, timed: bool = False) -> SignificanceCapture:
-        return self.tower_capture(self.model.model.vision_tower, self.model.config, scorer, timed)
+    def significance_capture(
+        self, scorer: Scorer | str, timed: bool = False, keep_keys: bool = False
+    ) -> SignificanceCapture:
+        return self.tower_capture(self.model.model.vision_tower, self.model.config, scorer, timed, keep_keys)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -115,11 +126,36 @@ class Llava(Family):
         side = int(math.isqrt(self.view_tokens(self.model.config)))
         return side, side
 
-    def encode_images(self, encoded: dict[str, Any], scorer: Scorer | None) -> EncodedImages:
+    def encode_images(
+        self, encoded: dict[str, Any], scorer: Scorer | None, reads: frozenset[str] = frozenset()
+    ) -> EncodedImages:
         forward = partial(self.model.get_image_features, **self.tower_inputs(encoded), return_dict=True)
-        output, scores = self.run_tower(forward, scorer)
+        output, scores, keys, tower_features = self.read_tower(forward, scorer, reads)
         features = list(output.pooler_output)
-        return EncodedImages(features, [ImageLayout.single(self.grid)] * len(features), scores)
+        layouts = [ImageLayout.single(self.grid)] * len(features)
+        return EncodedImages(features, layouts, scores, keys=keys, tower_features=tower_features)
+
+    def read_tower(
+        self, forward: Any, scorer: Scorer | None, reads: frozenset[str]
+    ) -> tuple[Any, list[torch.Tensor] | None, list[torch.Tensor] | None, list[torch.Tensor] | None]:
+        """``forward()``, with the significance capture (keeping keys where ``reads`` has them) and the projector's
+        input kept where it has ``tower_features``: its output, and per tower view the scores, keys and tower
+        features (None where not asked for)."""
+        keep_keys = "keys" in reads
+        if keep_keys and scorer is None:
+            raise ValueError("the tower's keys come with its significance capture: give a scorer")
+        capture = self.significance_capture(scorer, keep_keys=keep_keys) if scorer is not None else nullcontext()
+        projector = self.model.model.multi_modal_projector
+        inputs = InputCapture(projector) if "tower_features" in reads else nullcontext()
+        with capture, inputs:
+            output = forward()
+        scores = list(capture.significance) if scorer is not None else None
+        keys = list(capture.keys) if keep_keys else None
+        tower_features = list(torch.cat(inputs.inputs)) if "tower_features" in reads else None
+        return output, scores, keys, tower_features
+
+    def project(self, tower_features: torch.Tensor) -> torch.Tensor:
+        return self.model.model.multi_modal_projector(tower_features)
 
     def tower_views(self, encoded: dict[str, Any], image_index: int) -> int:
         """How many times the tower runs for one image."""

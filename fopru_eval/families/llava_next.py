@@ -63,18 +63,26 @@ class LlavaNext(Llava):
         )
         return AnyresLayout.from_sources(packed.flatten(), self.grid)
 
-    def encode_images(self, encoded: dict[str, Any], scorer: Scorer | None) -> EncodedImages:
+    def encode_images(
+        self, encoded: dict[str, Any], scorer: Scorer | None, reads: frozenset[str] = frozenset()
+    ) -> EncodedImages:
         """The tower runs once over every view of every image, so one capture yields one row per view, each from that
-        view's own attention map; an image's rows, flattened, are indexed by its layout's sources."""
+        view's own attention map; an image's rows, flattened, are indexed by its layout's sources (and so are its
+        views' keys and tower features, where read)."""
         inputs = self.tower_inputs(encoded, "image_sizes")
-        output, scores = self.run_tower(partial(self.model.get_image_features, **inputs, return_dict=True), scorer)
+        forward = partial(self.model.get_image_features, **inputs, return_dict=True)
+        output, scores, keys, tower_features = self.read_tower(forward, scorer, reads)
         image_sizes = encoded["image_sizes"]
         layouts = [self.layout(size) for size in image_sizes]
+        views = [self.num_views(size) for size in image_sizes]
         if scores is not None:
-            views = [self.num_views(size) for size in image_sizes]
             split = torch.stack(scores).split(views)
             scores = [self.image_scores(image, size) for image, size in zip(split, image_sizes, strict=True)]
-        return EncodedImages(list(output.pooler_output), layouts, scores)
+        keys, tower_features = (
+            [image.flatten(0, 1) for image in torch.stack(stream).split(views)] if stream is not None else None
+            for stream in (keys, tower_features)
+        )
+        return EncodedImages(list(output.pooler_output), layouts, scores, keys=keys, tower_features=tower_features)
 
     def image_scores(self, view_scores: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
         """One image's significance, indexed by its layout's sources, from its (views, tokens) per-view scores: here

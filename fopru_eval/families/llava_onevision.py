@@ -43,6 +43,8 @@ class LlavaOnevision(LlavaNext):
     example_checkpoint = "llava-hf/llava-onevision-qwen2-7b-ov-hf"
     tower_class = SiglipVisionModel
     towers = ("siglip_vision_model",)
+    # Interpolation blends tower tokens into packed ones, so a packed token has no one tower feature or key.
+    tower_reads = ()
 
     def pack(self, values: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
         """(packed tokens, channels): the (views, tokens, channels) ``values`` of one image's tower tokens, unpadded,

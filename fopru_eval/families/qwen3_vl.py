@@ -80,6 +80,17 @@ class Qwen3VL(QwenVL):
 
     # ----- DeepStack ------------------------------------------------------------------------------------------------
 
+    @classmethod
+    def first_llm_stage_layer(cls, config: PretrainedConfig) -> int:
+        # The model adds DeepStack features to the visual tokens after LLM layers 0 .. n - 1, by their full-length
+        # positions: tokens can be dropped only once every one has been added.
+        return max(1, len(config.vision_config.deepstack_visual_indexes))
+
+    @classmethod
+    def llm_stage_floor_reason(cls, config: PretrainedConfig) -> str:
+        layers = len(config.vision_config.deepstack_visual_indexes)
+        return f" (DeepStack adds visual features after LLM layers 0 .. {layers - 1}, at every visual token)"
+
     def extra_features(self, output: BaseModelOutputWithDeepstackFeatures) -> list[list[torch.Tensor]]:
         """Per image, its DeepStack features, one tensor per injected LLM layer (the model gives them per layer,
         then per image)."""

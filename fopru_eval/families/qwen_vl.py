@@ -127,7 +127,9 @@ class QwenVL(Family):
         height, width = qwen_vl_utils_smart_resize(image.height, image.width, factor, *self.presize_limits)
         return image.resize((width, height), Image.Resampling.BICUBIC)
 
-    def encode_images(self, encoded: dict[str, Any], scorer: Scorer | None) -> EncodedImages:
+    def encode_images(
+        self, encoded: dict[str, Any], scorer: Scorer | None, reads: frozenset[str] = frozenset()
+    ) -> EncodedImages:
         """Features and significance per image, both in raster order of the image's merged grid."""
         inputs = self.tower_inputs(encoded, "image_grid_thw")
         output, scores = self.run_tower(partial(self.model.get_image_features, **inputs, return_dict=True), scorer)

@@ -68,7 +68,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     docs = synthetic_docs(args.samples)
     configs = [PruningConfig("none")]
     for strategy in args.strategies:
-        readings = args.scores if STRATEGIES.get(strategy).needs_scores else [DEFAULT_SCORES]
+        selection = STRATEGIES.get(strategy)
+        readings = args.scores if selection.needs_scores and selection.stage == "vision" else [DEFAULT_SCORES]
         configs += [PruningConfig(strategy, keep_ratio=r, scores=s) for s in readings for r in args.ratios]
     with tempfile.TemporaryDirectory(prefix="fopru-bench-") as tmp:
         path = model.save_checkpoint(args.size, f"{tmp}/model", args.device, args.llm_layers)

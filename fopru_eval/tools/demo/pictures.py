@@ -7,12 +7,13 @@ the sweep. Works for LLaVA-1.5-geometry models, whose packed positions are the p
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 from fopru_eval.core.config import PruningConfig
-from fopru_eval.families.driver import keep_image
+from fopru_eval.families.driver import keep_image, tower_reads, view_inputs
 from fopru_eval.families.llava import Llava
 
 CAPTION = 30  # pixels of caption under each panel
@@ -25,9 +26,9 @@ def kept_patches(family: Llava, config: PruningConfig, image: Image.Image, quest
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     text = family.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     encoded = family.processor(images=[image], text=[text], return_tensors="pt")
-    vision = family.encode_images(encoded, config.scorer if config.needs_scores else None)
+    vision = family.encode_images(encoded, config.scorer if config.needs_scores else None, tower_reads(family, config))
     scores = vision.scores[0] if vision.scores is not None else None
-    positions, _ = keep_image(config, vision.layouts[0], scores, doc_key, 0)
+    positions, _ = keep_image(config, vision.layouts[0], scores, doc_key, 0, partial(view_inputs, vision, 0))
     return positions.tolist()
 
 

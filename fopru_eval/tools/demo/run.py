@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 # Every method the package has: FoPru rank and row, CLS attention with rank selection, each in both readings of the
-# attention, and the controls. The sweep's default budgets are peers' 192, 128 and 64 of the model's 576 tokens.
-DEMO_METHODS = "rank,row,rank+cls,random,uniform"
+# attention, the controls, and the peer methods at their papers' settings (softmax attention, as their code reads it).
+# The sweep's default budgets are peers' 192, 128 and 64 of the model's 576 tokens.
+DEMO_METHODS = "rank,row,rank+cls,random,uniform,visionzip+softmax,vispruner+softmax,divprune,fastv"
 KINDS = ("attribute", "existence", "count", "relation")
 
 
@@ -99,7 +100,9 @@ def write_picture(rows: list[dict[str, Any]], task: str, path: Path, checkpoint:
     for row in rows:
         if row["keep_tokens"] == smallest:
             args = {name: row[name] for name in ("strategy", "keep_tokens", "significance", "scores") if row[name]}
-            configs[row["label"]] = PruningConfig.from_model_args(args)[0]
+            config = PruningConfig.from_model_args(args)[0]
+            if not config.in_llm:  # what FastV keeps depends on the question's run through the LLM, not the scene
+                configs[row["label"]] = config
     family = Llava.load(str(checkpoint))
     image = scenes.make_scene(doc["scene_seed"]).image
     # The doc key lmms-eval's run gives doc 0 of the task's only split, so random draws what it drew there.

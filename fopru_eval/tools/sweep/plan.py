@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from fopru_eval.core.config import PRUNING_ARGS, PruningConfig
+from fopru_eval.core.config import OPTION_ARGS, PRUNING_ARGS, PruningConfig
 from fopru_eval.core.scoring import READINGS
 from fopru_eval.core.strategies import STRATEGIES
 
@@ -112,16 +112,29 @@ def plan_points(
         plans.append((("strategy", "none"),))
     for strategy, chosen in pruning:
         variants: list[tuple[tuple[str, Any], ...]] = [()]
-        if STRATEGIES.get(strategy).needs_scores:
+        selection = STRATEGIES.get(strategy)
+        # A method defined on its own scorer (VisionZip's CLS attention) varies only the reading; an in-LLM one
+        # (FastV) reads neither.
+        if selection.needs_scores and selection.stage == "vision":
+            own = [None] if selection.significance else significances or [None]
             variants = [
                 tuple((name, value) for name, value in (("significance", sig), ("scores", reading)) if value)
-                for sig in ([chosen["significance"]] if "significance" in chosen else significances or [None])
+                for sig in ([chosen["significance"]] if "significance" in chosen else own)
                 for reading in ([chosen["scores"]] if "scores" in chosen else scores or [None])
             ]
         plans += [(("strategy", strategy), budget, *variant) for variant in variants for budget in budgets]
     if not plans:
         raise SweepError("nothing to evaluate: give a pruning strategy with a budget below all tokens, or none")
-    points = [Point(PruningConfig.from_model_args({**fixed, **dict(plan)})[0], plan) for plan in plans]
+    # A method's own settings in --model_args (contextual_ratio=...) go to the points of the methods that have them.
+    options = {name: fixed.pop(name) for name in OPTION_ARGS if name in fixed}
+    declared = {option.name for strategy, _ in methods for option in STRATEGIES.get(strategy).options}
+    if unused := sorted(set(options) - declared):
+        raise SweepError(f"--model_args sets {', '.join(unused)}, which none of --strategies takes")
+    points = []
+    for plan in plans:
+        own = {option.name for option in STRATEGIES.get(dict(plan)["strategy"]).options}
+        args = {**fixed, **{name: value for name, value in options.items() if name in own}, **dict(plan)}
+        points.append(Point(PruningConfig.from_model_args(args)[0], plan))
     return list({point.label: point for point in points}.values())
 
 
