@@ -23,7 +23,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -66,7 +66,7 @@ def prune_batch(
     vision = family.encode_images(encoded, scorer, tower_reads(family, config)) if images else None
     video_vision = family.encode_videos(encoded, scorer) if videos else None
     selecting = KEEP_ALL if config.in_llm else config
-    spans: list[list[tuple[ImageLayout, int, str, int]]] = []
+    placeholders: list[list[Placeholders]] = []  # per prompt, for an in-LLM strategy
 
     kept_features: list[torch.Tensor] = []
     kept_extra_features: list[list[torch.Tensor]] = []
@@ -85,9 +85,8 @@ def prune_batch(
         kept, layouts, markers = keep_each(
             selecting, family, vision, image_indices, prompt.doc_key, kept_features, kept_extra_features
         )
-        spans.append(
-            [(layout, family.model.config.image_token_id, prompt.doc_key, j) for j, layout in enumerate(layouts)]
-        )
+        image_token = family.model.config.image_token_id
+        placeholders.append([Placeholders(layout, image_token, prompt.doc_key, j) for j, layout in enumerate(layouts)])
         sizes = [layout.num_packed_tokens for layout in layouts]
         keep = kept_token_mask(rows[i], family.model.config.image_token_id, kept, sizes)
         if video_indices:
@@ -103,8 +102,10 @@ def prune_batch(
             )
             video_sizes = [layout.num_packed_tokens for layout in video_layouts]
             keep &= kept_token_mask(rows[i], family.model.config.video_token_id, video_kept, video_sizes)
-            video_token = family.model.config.video_token_id
-            spans[-1] += [(layout, video_token, f"{prompt.doc_key}/video", j) for j, layout in enumerate(video_layouts)]
+            video_token, video_key = family.model.config.video_token_id, f"{prompt.doc_key}/video"
+            placeholders[-1] += [
+                Placeholders(layout, video_token, video_key, j) for j, layout in enumerate(video_layouts)
+            ]
             kept, layouts, markers = kept + video_kept, layouts + video_layouts, markers + video_markers
         kept_positions.append(family.unpruned_positions(rows[i], encoded, image_indices, video_indices)[..., keep])
         rows[i] = rows[i][keep]
@@ -130,7 +131,9 @@ def prune_batch(
         inputs["mm_encoder_outputs"] = inputs.get("mm_encoder_outputs", {}) | {"video": video_outputs}
     stage = None
     if config.in_llm:
-        stage = LLMStage(family.decoder_layers(), config, visual_spans(input_ids, spans), attention_mask)
+        depth, keep = config.option_values["llm_layer"], partial(keep_span, config)
+        spans = visual_spans(input_ids, placeholders)
+        stage = LLMStage(family.decoder_layers(), depth, spans, attention_mask, keep)
         stage.on_selected = partial(count_in_llm, family, stage, counts, [row.numel() for row in rows])
     return PrunedBatch(
         inputs=inputs,
@@ -155,22 +158,28 @@ def tower_reads(family: Family, config: PruningConfig) -> frozenset[str]:
     return frozenset(reads)
 
 
-def visual_spans(
-    input_ids: torch.Tensor, spans: list[list[tuple[ImageLayout, int, str, int]]]
-) -> list[list[VisualSpan]]:
-    """Each row's images and videos as ``VisualSpan``s of the left-padded ``input_ids``: the placeholders of each
-    token id, in order, split by the layouts' sizes."""
+class Placeholders(NamedTuple):
+    """One image's (or video's) placeholders in a prompt, before their positions in the padded batch are known."""
+
+    layout: ImageLayout
+    token_id: int
+    doc_key: str  # with ``index``, what seeds its random draws
+    index: int
+
+
+def visual_spans(input_ids: torch.Tensor, placeholders: list[list[Placeholders]]) -> list[list[VisualSpan]]:
+    """Each row's images and videos as ``VisualSpan``s of the left-padded ``input_ids``: the positions of each token
+    id's placeholders, in order, split by the layouts' sizes."""
     rows = []
-    for ids, row_spans in zip(input_ids.cpu(), spans, strict=True):
-        found: list[VisualSpan] = []
-        for token_id in dict.fromkeys(token for _, token, _, _ in row_spans):
-            of_token = [(layout, key, j) for layout, token, key, j in row_spans if token == token_id]
+    for ids, row in zip(input_ids.cpu(), placeholders, strict=True):
+        spans: list[VisualSpan] = []
+        for token_id in dict.fromkeys(item.token_id for item in row):
+            items = [item for item in row if item.token_id == token_id]
             positions = (ids == token_id).nonzero().flatten()
-            pieces = positions.split([layout.num_packed_tokens for layout, _, _ in of_token])
-            found += [
-                VisualSpan(layout, piece, key, j) for (layout, key, j), piece in zip(of_token, pieces, strict=True)
-            ]
-        rows.append(found)
+            pieces = positions.split([item.layout.num_packed_tokens for item in items])
+            for item, piece in zip(items, pieces, strict=True):
+                spans.append(VisualSpan(item.layout, piece, item.doc_key, item.index))
+        rows.append(spans)
     return rows
 
 
@@ -251,6 +260,13 @@ def keep_image(
     """The packed positions of one image that survive, and how many of them are row markers."""
     selections = select_views(config, layout, scores, doc_key, image_index, inputs_of)
     return layout.kept_positions(*(selection.kept for selection in selections))
+
+
+def keep_span(config: PruningConfig, span: VisualSpan, scores: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """For the LLM stage: the packed positions of one image that survive, given each packed token's score (the
+    attention it receives in the LLM), and how many of them are markers."""
+    selections = select_views(config, span.layout, scores, span.doc_key, span.image_index, by_position=True)
+    return span.layout.kept_positions(*(selection.kept for selection in selections))
 
 
 def view_inputs(vision: EncodedImages, index: int, view: View) -> dict[str, torch.Tensor]:

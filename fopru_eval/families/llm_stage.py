@@ -28,7 +28,6 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_causal_mask
 
-from fopru_eval.core.config import PruningConfig
 from fopru_eval.core.layout import ImageLayout
 
 
@@ -84,31 +83,26 @@ def gather_tokens(tensor: torch.Tensor, index: torch.Tensor, dim: int) -> torch.
 
 
 class LLMStage:
-    """While entered, the LLM drops each row's unselected visual tokens after layer ``llm_layer`` - 1.
+    """While entered, the LLM drops each row's unselected visual tokens from layer ``depth`` (K) on.
 
     ``spans`` per row: its images' and videos' packed tokens; ``attention_mask`` the batch's (batch, tokens) padding
-    mask. After the prefill, ``visual_tokens_kept``, ``markers_kept`` and ``tokens_after`` (each row's length from
-    layer K on) say what the later layers saw.
+    mask; ``keep(span, scores)``: the packed positions of a span that survive, given each packed token's score, and
+    how many of them are markers (the driver's selection: strategy, per-view budget, marker rule). After the
+    prefill, ``visual_tokens_kept``, ``markers_kept`` and ``tokens_after`` (each row's length from layer K on) say what
+    the later layers saw.
     """
 
     def __init__(
         self,
         layers: nn.ModuleList,
-        config: PruningConfig,
+        depth: int,
         spans: list[list[VisualSpan]],
         attention_mask: torch.Tensor,
+        keep: Callable[[VisualSpan, torch.Tensor], tuple[torch.Tensor, int]],
     ) -> None:
-        from fopru_eval.families.driver import select_views  # the driver imports this module
-
-        self._select_views = select_views
-        self.config = config
-        self.depth = config.option_values["llm_layer"]
-        if not 1 <= self.depth < len(layers):
-            raise ValueError(
-                f"llm_layer={self.depth} is out of range; accepted values: 1 <= llm_layer <= {len(layers) - 1}"
-            )
-        self.layers = layers
-        self.spans = spans
+        if not 1 <= depth < len(layers):
+            raise ValueError(f"llm_layer={depth} is out of range; accepted values: 1 <= llm_layer <= {len(layers) - 1}")
+        self.layers, self.depth, self.spans, self.keep = layers, depth, spans, keep
         self.attention_mask = attention_mask.bool()
         self.visual_tokens_kept: list[int] = [0] * len(spans)
         self.markers_kept: list[int] = [0] * len(spans)
@@ -206,8 +200,8 @@ class LLMStage:
         if self._row is None:
             raise RuntimeError(f"layer {self.depth - 1}'s attention row was not computed; cannot select tokens")
         row, self._row = self._row, None
-        valid = self._valid(hidden.shape[1])
-        kept_rows = [self._keep_row(i, row[i], valid[i]) for i in range(hidden.shape[0])]
+        valid = self._valid(hidden.shape[1]).cpu()
+        kept_rows = [self._keep_row(i, row[i]) for i in range(hidden.shape[0])]
         length = max(kept.numel() for kept in kept_rows)
         # Rows that keep fewer tokens are left-padded again (repeating their first position, masked out).
         index = torch.stack([torch.cat([kept[:1].expand(length - kept.numel()), kept]) for kept in kept_rows])
@@ -225,16 +219,12 @@ class LLMStage:
             self._kept["position_ids"] = gather_tokens(position_ids, index, position_ids.dim() - 1)
         return gather_tokens(hidden, index, 1)
 
-    def _keep_row(self, i: int, row: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def _keep_row(self, i: int, row: torch.Tensor) -> torch.Tensor:
         """The positions row ``i`` keeps: every token but its unselected visual tokens (pads stay, masked)."""
         keep = torch.ones(row.numel(), dtype=torch.bool)
         visual = kept_markers = 0
         for span in self.spans[i]:
-            packed_scores = row[span.positions.to(row.device)]
-            selections = self._select_views(
-                self.config, span.layout, packed_scores, span.doc_key, span.image_index, by_position=True
-            )
-            kept, markers = span.layout.kept_positions(*(selection.kept for selection in selections))
+            kept, markers = self.keep(span, row[span.positions.to(row.device)])
             keep[span.positions] = False
             keep[span.positions[kept]] = True
             visual, kept_markers = visual + kept.numel() - markers, kept_markers + markers
