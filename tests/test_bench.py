@@ -233,3 +233,23 @@ def test_a_loaded_machine_is_marked_on_the_table() -> None:
     assert load_warning({"cpu_cores": 2, "load_average_1m": 1.5, "load_average_1m_end": 1.9}) == []
     [warning, _] = load_warning({"cpu_cores": 2, "load_average_1m": 0.4, "load_average_1m_end": 3.2})
     assert warning.startswith("**WARNING (!): load average 3.2 above the 2 cores")
+
+
+def test_bench_reports_the_peer_methods_beside_fopru(tmp_path, capsys):
+    """The peer methods get the same rows as FoPru: kept tokens, prefill x none and x ideal, FLOPs x none; FastV's
+    FLOPs count its first layers at full length, so at the same budget they exceed a method that prunes before the
+    LLM."""
+    strategies = "rank,visionzip,vispruner,divprune,fastv"
+    result, printed = run_bench(tmp_path, capsys, "llava_fopru", "--warmup", "0", "--no-compare", "--ratios", "0.25",
+                                "--strategies", strategies, "--llm-layer", "1")  # fmt: skip
+    rows = {row["config"]: row for row in result["sweep"]}
+    assert list(rows) == ["none", *(f"{name}@0.25" for name in strategies.split(","))]
+    for name, row in rows.items():
+        assert f"| {name} |" in printed
+        for key in ["prefill_vs_none", "prefill_vs_ideal", "flops_vs_none"]:
+            assert math.isfinite(row[key]) and row[key] > 0, (name, key, row[key])
+        if name != "none":
+            assert row["visual_tokens_kept"] == 9 and row["flops_vs_none"] < 1
+    before_the_llm = {rows[f"{name}@0.25"]["flops_vs_none"] for name in ("rank", "visionzip", "vispruner", "divprune")}
+    assert len(before_the_llm) == 1  # the same tokens reach every layer, whichever they are
+    assert rows["fastv@0.25"]["flops_vs_none"] > before_the_llm.pop()

@@ -195,9 +195,10 @@ def test_the_demo_command_writes_curve_table_and_pictures(tmp_path: Path) -> Non
     manifest = json.loads((summary.parent / "manifest.json").read_text())
     assert manifest["model_args"] == f"pretrained={checkpoint},positions=original"
     rows = list(csv.DictReader(summary.read_text().splitlines()))
-    # Every method at peers' budgets: 192, 128 and 64 of the model's 576 tokens.
+    # Every method at peers' budgets: 192, 128 and 64 of the model's 576 tokens; the peer methods at their settings.
     methods = ["rank+logits", "rank+softmax", "row+logits", "row+softmax", "rank+cls+logits", "rank+cls+softmax"]
-    expected = {"none@1"} | {f"{m}@{k}tok" for m in [*methods, "random", "uniform"] for k in (192, 128, 64)}
+    methods += ["random", "uniform", "visionzip+softmax", "vispruner+softmax", "divprune", "fastv"]
+    expected = {"none@1"} | {f"{m}@{k}tok" for m in methods for k in (192, 128, 64)}
     assert {row["label"] for row in rows} == expected
     none = next(row for row in rows if row["label"] == "none@1")
     assert (none["method"], none["strategy"]) == ("none", "none") and 0 < float(none["fopru_demo/exact_match"]) <= 1
@@ -205,6 +206,8 @@ def test_the_demo_command_writes_curve_table_and_pictures(tmp_path: Path) -> Non
     kept = {row["label"]: float(row["visual_tokens_kept_mean"]) for row in rows}
     assert kept["rank+logits@128tok"] == kept["uniform@128tok"] == 128 and kept["random@64tok"] == 64
     assert kept["row+softmax@64tok"] == 48  # whole rows of 24
+    # A merged token counts as one; FastV's count is what its layers from 2 on kept.
+    assert kept["visionzip+softmax@64tok"] == kept["divprune@64tok"] == kept["fastv@64tok"] == 64
     for row in rows:  # 6 docs of each kind in the first 24; each kind's score is its share of the overall hits
         assert abs(sum(float(row[f"fopru_demo/{k}"]) for k in KINDS) / 4 - float(row["fopru_demo/exact_match"])) < 1e-9
     folder = summary.parent
@@ -212,11 +215,12 @@ def test_the_demo_command_writes_curve_table_and_pictures(tmp_path: Path) -> Non
     table = (folder / "table.md").read_text().splitlines()
     assert table[0].startswith("| method | budget | tokens kept | exact match | x none | attribute")
     assert len(table) == 2 + len(rows)
-    # One panel for the scene and one per method at 64 tokens, 3 to a row.
+    # One panel for the scene and one per method at 64 tokens, 3 to a row; FastV has none (what it keeps depends on
+    # the question's run through the LLM).
     from PIL import Image
 
     with Image.open(folder / "kept_tokens.png") as picture:
-        assert picture.size == (3 * 336, 3 * (336 + 30))
+        assert picture.size == (3 * 336, 4 * (336 + 30))
 
 
 def test_a_demo_checkpoint_that_is_not_a_model_is_refused(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ layer's CLS attention and keys by hand from its weights, the selection and mergi
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -13,13 +14,15 @@ from PIL import Image
 
 from conftest import draw_image, mixed_prompts, user_turn
 from fopru_eval.core.config import PruningConfig, PruningConfigError
-from fopru_eval.families import Prompt, PrunedBatch, prune_batch
+from fopru_eval.families import FAMILIES, Prompt, PrunedBatch, prune_batch
 from fopru_eval.families.llava import Llava
 from fopru_eval.families.llava_next import LlavaNext
 from fopru_eval.families.llava_onevision import LlavaOnevision
 from fopru_eval.tools.checkpoints.llava import build_random_llava
 from fopru_eval.tools.checkpoints.llava_next import build_random_llava_next
 from fopru_eval.tools.checkpoints.llava_onevision import build_random_llava_onevision
+from fopru_eval.tools.checkpoints.qwen3_vl import build_random_qwen3_vl
+from fopru_eval.tools.checkpoints.qwen_vl import build_random_qwen_vl
 
 PATCHES = 36  # 6 x 6 per tower view
 # (strategy, keep_tokens, options): budgets whose splits exercise every branch - VisionZip at 20 tokens is 17 dominant
@@ -360,3 +363,29 @@ def test_cls_methods_are_refused_on_a_tower_without_cls(strategy: str) -> None:
     with pytest.raises(PruningConfigError, match="CLS"):
         LlavaOnevision.check_pruning(model.config, PruningConfig(strategy, keep_tokens=4), "x")
     LlavaOnevision.check_pruning(model.config, PruningConfig("divprune", keep_tokens=4), "x")
+
+
+# ----- DivPrune on every family: the features the LLM receives ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_divprune_keeps_the_reference_subset_of_what_the_llm_receives(name: str) -> None:
+    """DivPrune reads no attention, so it applies to every family: on the Qwen towers (one view per image, the merged
+    tokens in raster order) each image keeps the reference's max-min subset of the features the model's own
+    ``get_image_features`` gives, and exactly those features reach the LLM."""
+    builder = partial(build_random_qwen_vl, family=name) if name != "qwen3_vl" else build_random_qwen3_vl
+    model, processor = builder()
+    family = FAMILIES[model.config.model_type](model.eval(), processor)
+    images = [noise_image(4, (112, 84)), noise_image(5, (84, 140))]
+    prompts = [Prompt(user_turn("Describe it.", [image]), [image], f"t/qwen/{i}") for i, image in enumerate(images)]
+    total = 6
+    batch = prune_batch(family, PruningConfig("divprune", keep_tokens=total), prompts)
+    encoded = processor.image_processor([family.prepare_image(image) for image in images], return_tensors="pt")
+    with torch.inference_mode():
+        received = model.get_image_features(encoded["pixel_values"], encoded["image_grid_thw"]).pooler_output
+    features = batch.inputs["mm_encoder_outputs"]["image"].pooler_output
+    for image, expected in enumerate(received):
+        projected = expected.double().numpy()
+        kept = divprune_reference(projected, total)
+        np.testing.assert_allclose(features[image].detach().double().numpy(), projected[kept], rtol=1e-5, atol=1e-6)
+    assert batch.visual_tokens_kept == [total, total]

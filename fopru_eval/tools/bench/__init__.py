@@ -70,7 +70,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     for strategy in args.strategies:
         selection = STRATEGIES.get(strategy)
         readings = args.scores if selection.needs_scores and selection.stage == "vision" else [DEFAULT_SCORES]
-        configs += [PruningConfig(strategy, keep_ratio=r, scores=s) for s in readings for r in args.ratios]
+        options = (("llm_layer", args.llm_layer),) if selection.stage == "llm" and args.llm_layer else ()
+        configs += [
+            PruningConfig(strategy, keep_ratio=r, scores=s, options=options) for s in readings for r in args.ratios
+        ]
     with tempfile.TemporaryDirectory(prefix="fopru-bench-") as tmp:
         path = model.save_checkpoint(args.size, f"{tmp}/model", args.device, args.llm_layers)
         adapter = load_adapter(model, path, args, docs)
@@ -198,7 +201,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ratios", type=ratios,
         help="keep ratios (default 1,.5,.25,.11; at --size full 192, 128 and 64 of 576: 1/3, 2/9, 1/9)",
     )  # fmt: skip
-    parser.add_argument("--strategies", type=strategies, default=["rank", "row"], help="default rank,row")
+    parser.add_argument(
+        "--strategies", type=strategies, default=["rank", "row"],
+        help="default rank,row; any strategy with a budget, e.g. rank,visionzip,vispruner,divprune,fastv",
+    )  # fmt: skip
+    parser.add_argument(
+        "--llm-layer", type=positive,
+        help="for strategies that drop tokens inside the LLM (fastv): the layer they drop after (default theirs, 2)",
+    )  # fmt: skip
     parser.add_argument(
         "--scores", type=readings, default=[DEFAULT_SCORES],
         help=f"readings of the attention for the scoring strategies, e.g. logits,softmax (default {DEFAULT_SCORES}); "

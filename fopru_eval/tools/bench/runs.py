@@ -140,7 +140,14 @@ def compare_configs(
 
     family, depth = adapter.family, adapter.model.config.text_config.num_hidden_layers
 
-    def full_depth_flops(counts: Any) -> int:
+    def full_depth_flops(config: PruningConfig, counts: Any) -> int:
+        if full_depth == depth:
+            return counts.prefill_flops
+        if config.in_llm:
+            raise ValueError(
+                f"strategy={config.strategy} drops tokens inside the LLM, so its layers do not all cost the same and a "
+                "slice of the LLM (--llm-layers) does not scale to the full depth: bench it on the whole LLM"
+            )
         return (
             counts.prefill_flops
             - family.llm_flops(counts.input_tokens)
@@ -160,7 +167,7 @@ def compare_configs(
                 "visual_tokens_total": statistics.mean(c.visual_tokens_total for c in counts),
                 "output_tokens": statistics.mean(c.output_tokens for c in counts),
                 "input_tokens": statistics.mean(c.input_tokens for c in counts),
-                "prefill_flops": statistics.mean(full_depth_flops(c) for c in counts),
+                "prefill_flops": statistics.mean(full_depth_flops(config, c) for c in counts),
                 **{name: statistics.median(seconds) if seconds else None for name, seconds in times[config].items()},
                 "peak_memory_mib": memory[config],
             }
