@@ -67,7 +67,7 @@ def test_a_bad_request_fails_before_any_weights_load(tmp_path: Path, capsys: pyt
     with pytest.raises(SystemExit):
         cli.main([*common, "--model_args", "pretrained=/nonexistent", "--keep-ratios", "0.5,0"])
     with pytest.raises(SystemExit):
-        cli.main([*common, "--model_args", "pretrained=/nonexistent", "--strategies", "rank,fastv"])
+        cli.main([*common, "--model_args", "pretrained=/nonexistent", "--strategies", "rank,sparsevlm"])
     assert cli.main([*common, "--model_args", "pretrained=/nonexistent", "--wandb_args", "project=p,projetc=q"]) == 2
     assert "--wandb_args: wandb.init takes no ['projetc']; accepted: " in capsys.readouterr().err
     wandb_args = ["--wandb_args", "project=p,name=a", "--wandb-project", "q"]
