@@ -71,7 +71,8 @@ def visionzip(
     total = budget.tokens(tokens)
     contextual = round(total * contextual_ratio)
     dominant = select_rank(scores, total - contextual).cpu()
-    weights = torch.eye(tokens, dtype=torch.float64)[dominant]
+    weights = torch.zeros(dominant.numel(), tokens, dtype=torch.float64)
+    weights[torch.arange(dominant.numel()), dominant] = 1.0  # a dominant token carries itself
     if contextual == 0:
         return Merge(dominant, weights)
     rest = torch.ones(tokens, dtype=torch.bool)
