@@ -256,17 +256,17 @@ def keep_image(
     doc_key: str,
     image_index: int,
     inputs_of: Callable[[View], dict[str, torch.Tensor]] | None = None,
+    by_position: bool = False,
 ) -> tuple[torch.Tensor, int]:
-    """The packed positions of one image that survive, and how many of them are row markers."""
-    selections = select_views(config, layout, scores, doc_key, image_index, inputs_of)
+    """The packed positions of one image that survive, and how many of them are row markers (``select_views``)."""
+    selections = select_views(config, layout, scores, doc_key, image_index, inputs_of, by_position)
     return layout.kept_positions(*(selection.kept for selection in selections))
 
 
 def keep_span(config: PruningConfig, span: VisualSpan, scores: torch.Tensor) -> tuple[torch.Tensor, int]:
     """For the LLM stage: the packed positions of one image that survive, given each packed token's score (the
     attention it receives in the LLM), and how many of them are markers."""
-    selections = select_views(config, span.layout, scores, span.doc_key, span.image_index, by_position=True)
-    return span.layout.kept_positions(*(selection.kept for selection in selections))
+    return keep_image(config, span.layout, scores, span.doc_key, span.image_index, by_position=True)
 
 
 def view_inputs(vision: EncodedImages, index: int, view: View) -> dict[str, torch.Tensor]:
