@@ -223,3 +223,17 @@ def test_fastv_settings_that_cannot_hold_are_refused_before_weights_load(name: s
     with pytest.raises(PruningConfigError, match=message):
         config, _ = PruningConfig.from_model_args({"strategy": "fastv", "keep_tokens": 4, **args})
         type(family).check_pruning(family.model.config, config, "fastv_test")
+
+
+def test_a_sliding_window_llm_runs_only_while_the_sequence_fits_the_window() -> None:
+    """Within the window a sliding-window mask is the full causal mask the stage builds; past it, the stage stops
+    loudly (Mistral's LLaVA-NeXT declares a window; Qwen2's is off unless use_sliding_window)."""
+    from types import SimpleNamespace
+
+    from fopru_eval.families.llm_stage import LLMStage
+
+    LLMStage._check_window(SimpleNamespace(sliding_window=8), 8)
+    LLMStage._check_window(SimpleNamespace(sliding_window=8, use_sliding_window=False), 100)
+    LLMStage._check_window(SimpleNamespace(), 100)  # Llama: no window
+    with pytest.raises(RuntimeError, match="sliding window of 8 tokens and this sequence has 9"):
+        LLMStage._check_window(SimpleNamespace(sliding_window=8), 9)

@@ -183,12 +183,6 @@ class Family:
                     f"{who}: llm_layer={layer} is out of range for this checkpoint; accepted values: {first} <= "
                     f"llm_layer <= {last}" + cls.llm_stage_floor_reason(config)
                 )
-            layer_types = getattr(text, "layer_types", None) or ["full_attention"]
-            if getattr(text, "use_sliding_window", False) and any(t != "full_attention" for t in layer_types):
-                raise PruningConfigError(
-                    f"{who}: strategy={pruning.strategy} drops tokens inside the LLM, and this checkpoint's LLM has "
-                    "sliding-window layers, whose window would no longer mean the same tokens; not supported"
-                )
 
     @classmethod
     def first_llm_stage_layer(cls, config: PretrainedConfig) -> int:

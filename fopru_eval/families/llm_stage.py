@@ -15,7 +15,8 @@
 Only the modules named are hooked, and only while the stage is entered; the model is never patched. The one
 architecture fact relied on: every LLM here rotates queries and keys as ``x * cos + rotate_half(x) * sin`` with the
 ``position_embeddings`` its layers receive (Qwen's mRoPE folds its sections into cos and sin). The tests hold the row
-to each family's eager attention map. Sliding-window layers are refused before weights load (``Family``).
+to each family's eager attention map. A sliding-window LLM is run only while the sequence fits its window, where its
+mask is the full causal one (``_check_window``).
 """
 
 from __future__ import annotations
@@ -236,7 +237,20 @@ class LLMStage:
         valid = self._kept["valid"].to(hidden.device)
         seen = cache.get_seq_length(self.depth) if cache is not None and hidden.shape[1] == 1 else 0
         generated = seen + hidden.shape[1] - valid.shape[1]
+        config = self.layers[self.depth].self_attn.config
+        self._check_window(config, self.attention_mask.shape[1] + max(generated, 0))
         if generated > 0:
             valid = torch.cat([valid, valid.new_ones(valid.shape[0], generated)], dim=1)
-        config = self.layers[self.depth].self_attn.config
         return create_causal_mask(config, hidden, valid, cache, None, layer_idx=self.depth)
+
+    @staticmethod
+    def _check_window(config: Any, length: int) -> None:
+        """A sliding-window LLM (Mistral's ``sliding_window``, Qwen2's ``use_sliding_window``) masks exactly as a full
+        causal one while the sequence fits in the window; past it, the window of a shortened sequence would no longer
+        cover the tokens it covers in the model, so the run stops rather than answer differently."""
+        window = getattr(config, "sliding_window", None)
+        if window is not None and getattr(config, "use_sliding_window", True) and length > window:
+            raise RuntimeError(
+                f"the LLM attends within a sliding window of {window} tokens and this sequence has {length}: tokens "
+                "dropped inside the LLM (FastV) are supported on such an LLM only while the sequence fits the window"
+            )
