@@ -74,6 +74,7 @@ def curves_from_rows(rows: list[dict[str, Any]]) -> list[Curve]:
 def write_pngs(curves: list[Curve], directory: Path, model: str | None = None) -> list[Path]:
     """``curves_<task>.png`` per task, one panel per metric (titled with ``model`` where given), with lmms-eval's
     standard errors as error bars; the same data as the W&B plots."""
+    from matplotlib import colormaps
     from matplotlib.figure import Figure  # the object API: no pyplot, so no GUI backend and no global state
 
     by_task: dict[str, list[Curve]] = defaultdict(list)
@@ -83,17 +84,22 @@ def write_pngs(curves: list[Curve], directory: Path, model: str | None = None) -
     for task, task_curves in by_task.items():
         columns = min(3, len(task_curves))
         rows = math.ceil(len(task_curves) / columns)
-        figure = Figure(figsize=(5 * columns, 3.8 * rows), layout="constrained")
+        figure = Figure(figsize=(6.5 * columns, 3.8 * rows), layout="constrained")  # room for the legends beside
         for index, curve in enumerate(task_curves):
             axes = figure.add_subplot(rows, columns, index + 1)
             # Lines that coincide (methods that score the same) stay visible: each later one is drawn thinner, with
             # smaller markers of another shape, on top of the earlier ones.
+            # More methods than ten colours (the demo's thirteen) take twenty, so no two lines share one: the ten dark
+            # ones first, then their light twins.
+            many = len(curve.lines) > 10
+            colors = colormaps["tab20" if many else "tab10"]
             for line, (strategy, points) in enumerate(curve.lines.items()):
                 errors = [curve.stderr.get(point, 0.0) for point in points]
                 axes.errorbar(
                     *zip(*points, strict=True), yerr=errors, capsize=3, label=strategy,
                     marker=MARKERS[line % len(MARKERS)], markersize=max(3.0, 10.0 - 1.2 * line),
                     linewidth=max(0.8, 2.6 - 0.3 * line),
+                    color=colors((2 * line) % 20 + (2 * line) // 20 if many else line % 10),
                 )  # fmt: skip
             if curve.reference is not None:
                 tokens, score = curve.reference
@@ -108,7 +114,7 @@ def write_pngs(curves: list[Curve], directory: Path, model: str | None = None) -
             if high - low < 0.02:
                 axes.set_ylim(low - 0.05, high + 0.05)
             axes.grid(alpha=0.3)
-            axes.legend(fontsize="small")
+            axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the curves
         safe_name = re.sub(r"[^\w.-]", "_", task)
         path = directory / f"curves_{safe_name}.png"
         figure.savefig(path, dpi=100)
