@@ -237,3 +237,20 @@ def test_a_sliding_window_llm_runs_only_while_the_sequence_fits_the_window() -> 
     LLMStage._check_window(SimpleNamespace(), 100)  # Llama: no window
     with pytest.raises(RuntimeError, match="sliding window of 8 tokens and this sequence has 9"):
         LLMStage._check_window(SimpleNamespace(sliding_window=8), 9)
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_vl"])
+def test_fastv_keeping_every_token_is_the_unpruned_model(name: str) -> None:
+    """With the whole budget the stage is transparent: the same logits at every position as the unpruned model (the
+    shortened layers see every token, under the mask and rotary embeddings the stage built itself)."""
+    family, layer = family_of(name)
+    batch = prompts()
+    pruned = prune_batch(family, PruningConfig("fastv", keep_ratio=1.0, options=(("llm_layer", layer),)), batch)
+    unpruned = prune_batch(family, PruningConfig("none"), batch)
+    with torch.inference_mode():
+        with pruned.running():
+            ours = family.model(**pruned.inputs).logits
+        theirs = family.model(**unpruned.inputs).logits
+    mask = unpruned.inputs["attention_mask"].bool()
+    torch.testing.assert_close(ours[mask], theirs[mask], rtol=1e-5, atol=1e-5)
+    assert pruned.visual_tokens_kept == unpruned.visual_tokens_kept
