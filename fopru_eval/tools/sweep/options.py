@@ -90,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", type=lambda text: [t for t in text.split(",") if t], required=True)
     parser.add_argument(
         "--strategies", "--strategy", type=_strategies, default=["rank", "row", "random"],
-        help="comma-separated methods: a strategy (rank, row, random, uniform, none, package.module:function), "
+        help="comma-separated methods: a strategy (rank, row, random, uniform, none, visionzip, vispruner, divprune, "
+        "fastv, package.module:function), "
         "optionally with its scorer and reading, e.g. rank+cls+softmax (default rank,row,random)",
     )  # fmt: skip
     parser.add_argument(
