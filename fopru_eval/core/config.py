@@ -16,7 +16,14 @@ import fopru_eval.core.peers  # noqa: F401  (registers the peer methods)
 from fopru_eval.core.budget import Budget
 from fopru_eval.core.registry import PruningConfigError
 from fopru_eval.core.scoring import READINGS, SCORERS, Scorer
-from fopru_eval.core.strategies import LLM_LAYER, POSITION_MODES, STRATEGIES, Strategy, apply_strategy
+from fopru_eval.core.strategies import (
+    LLM_LAYER,
+    POSITION_MODES,
+    STRATEGIES,
+    Strategy,
+    apply_strategy,
+    parse_number,
+)
 
 # The settings of the built-in methods (and every in-LLM strategy's llm_layer), each accepted with its strategy only.
 OPTION_ARGS = tuple(
@@ -199,15 +206,4 @@ def _as_name(model_args: dict[str, Any], name: str) -> str | None:
 
 def _as_number(model_args: dict[str, Any], name: str, kind: type) -> Any:
     value = model_args.get(name)
-    if value is None:
-        return None
-    try:
-        number = float(value)
-        if kind is int:
-            if not number.is_integer():
-                raise ValueError
-            return int(number)
-        return number
-    except (TypeError, ValueError):
-        expected = "an integer" if kind is int else "a number"
-        raise PruningConfigError(f"{name}={value!r} is not {expected}") from None
+    return None if value is None else parse_number(name, value, kind)

@@ -59,37 +59,39 @@ class Merge:
     weights: torch.Tensor
 
 
+def parse_number(name: str, value: Any, kind: type) -> int | float:
+    """A model arg's value (often a string: ``--model_args`` is parsed loosely) as ``kind``, int or float; a clear
+    error naming the argument otherwise."""
+    try:
+        number = float(value)
+        if kind is int and not number.is_integer():
+            raise ValueError
+    except (TypeError, ValueError):
+        expected = "an integer" if kind is int else "a number"
+        raise PruningConfigError(f"{name}={value!r} is not {expected}") from None
+    return kind(number)
+
+
 @dataclass(frozen=True)
 class Option:
-    """A setting of a method, given in ``--model_args`` by ``name``: a number of ``kind`` (int or float) within
-    ``low`` .. ``high`` (each inclusive unless ``open_low``/``open_high``)."""
+    """A setting of a method, given in ``--model_args`` by ``name``: a number of ``kind`` (int or float) in
+    ``low`` .. ``high``, both inclusive."""
 
     name: str
     default: float
     kind: type
     low: float
     high: float
-    open_low: bool = False
-    open_high: bool = False
 
-    def parse(self, value: Any) -> float:
-        try:
-            number = float(value)
-            if self.kind is int and not number.is_integer():
-                raise ValueError
-        except (TypeError, ValueError):
-            expected = "an integer" if self.kind is int else "a number"
-            raise PruningConfigError(f"{self.name}={value!r} is not {expected}") from None
-        below = number <= self.low if self.open_low else number < self.low
-        above = number >= self.high if self.open_high else number > self.high
-        if below or above:
-            raise PruningConfigError(f"{self.name}={value} is out of range; accepted values: {self.accepted()}")
-        return self.kind(number)
-
-    def accepted(self) -> str:
-        low, high = ("<" if self.open_low else "<="), ("<" if self.open_high else "<=")
-        what = "integers" if self.kind is int else "numbers"
-        return f"{what} {self.low:g} {low} {self.name} {high} {self.high:g}"
+    def parse(self, value: Any) -> int | float:
+        number = parse_number(self.name, value, self.kind)
+        if not self.low <= number <= self.high:
+            what = "integers" if self.kind is int else "numbers"
+            raise PruningConfigError(
+                f"{self.name}={value} is out of range; accepted values: {what} {self.low:g} <= {self.name} <= "
+                f"{self.high:g}"
+            )
+        return number
 
 
 @dataclass(frozen=True)
