@@ -48,6 +48,8 @@ def prune_batch(
     image and view, so they do not depend on batch composition or rank. A video is selected the same way, frame by
     frame (its views), with the budget per frame.
     """
+    # What the adapter checks before weights load, again for a config swapped in on a loaded model (sweep, bench).
+    type(family).check_pruning(family.model.config, config, family.label)
     processor = family.processor
     texts = [prompt.render(processor) for prompt in prompts]
     images = [family.prepare_image(image) for p in prompts for image in p.images]

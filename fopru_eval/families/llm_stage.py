@@ -84,7 +84,8 @@ def gather_tokens(tensor: torch.Tensor, index: torch.Tensor, dim: int) -> torch.
 
 
 class LLMStage:
-    """While entered, the LLM drops each row's unselected visual tokens from layer ``depth`` (K) on.
+    """While entered, the LLM drops each row's unselected visual tokens from layer ``depth`` (K) on; the family has
+    checked K (``Family.check_pruning``).
 
     ``spans`` per row: its images' and videos' packed tokens; ``attention_mask`` the batch's (batch, tokens) padding
     mask; ``keep(span, scores)``: the packed positions of a span that survive, given each packed token's score, and
@@ -101,8 +102,6 @@ class LLMStage:
         attention_mask: torch.Tensor,
         keep: Callable[[VisualSpan, torch.Tensor], tuple[torch.Tensor, int]],
     ) -> None:
-        if not 1 <= depth < len(layers):
-            raise ValueError(f"llm_layer={depth} is out of range; accepted values: 1 <= llm_layer <= {len(layers) - 1}")
         self.layers, self.depth, self.spans, self.keep = layers, depth, spans, keep
         self.attention_mask = attention_mask.bool()
         self.visual_tokens_kept: list[int] = [0] * len(spans)
