@@ -20,25 +20,29 @@ def unpad(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.T
     return [ids[mask.bool()] for ids, mask in zip(input_ids, attention_mask, strict=True)]
 
 
-def kept_token_mask(
-    ids: torch.Tensor, placeholder_id: int, kept: list[torch.Tensor], tokens_per_image: list[int]
-) -> torch.Tensor:
-    """Which tokens of one unpadded sequence stay: every text token, and the placeholders of kept visual tokens.
-
-    The sequence's placeholders belong to its images in order: the first ``tokens_per_image[0]`` to the first
-    image, and so on. ``kept[i]`` holds the indices (within image i) of the tokens that stay.
-    """
+def placeholder_runs(ids: torch.Tensor, placeholder_id: int, tokens_per_image: list[int]) -> list[torch.Tensor]:
+    """Per image, the positions of its placeholders in ``ids``: the sequence's placeholders belong to its images in
+    order, the first ``tokens_per_image[0]`` to the first image, and so on."""
     positions = (ids == placeholder_id).nonzero().flatten()
     if positions.numel() != sum(tokens_per_image):
         raise ValueError(
             f"the sequence has {positions.numel()} image placeholders, but its images have "
             f"{sum(tokens_per_image)} visual tokens"
         )
+    return list(positions.split(tokens_per_image))
+
+
+def kept_token_mask(
+    ids: torch.Tensor, placeholder_id: int, kept: list[torch.Tensor], tokens_per_image: list[int]
+) -> torch.Tensor:
+    """Which tokens of one unpadded sequence stay: every text token, and the placeholders of kept visual tokens.
+
+    ``kept[i]`` holds the indices (within image i, see ``placeholder_runs``) of the tokens that stay.
+    """
     keep = ids != placeholder_id
-    offset = 0
-    for indices, count in zip(kept, tokens_per_image, strict=True):
-        keep[positions[offset + indices.to(positions.device)]] = True
-        offset += count
+    runs = placeholder_runs(ids, placeholder_id, tokens_per_image)
+    for indices, run in zip(kept, runs, strict=True):
+        keep[run[indices.to(run.device)]] = True
     return keep
 
 

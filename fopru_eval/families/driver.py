@@ -29,7 +29,7 @@ import torch
 
 from fopru_eval.core.config import PruningConfig
 from fopru_eval.core.layout import ImageLayout, View
-from fopru_eval.core.sequence import kept_token_mask, left_pad, unpad
+from fopru_eval.core.sequence import kept_token_mask, left_pad, placeholder_runs, unpad
 from fopru_eval.core.strategies import Selection, apply_strategy
 from fopru_eval.families.base import EncodedImages, Family, Prompt, PrunedBatch
 from fopru_eval.families.llm_stage import LLMStage, VisualSpan
@@ -177,8 +177,7 @@ def visual_spans(input_ids: torch.Tensor, placeholders: list[list[Placeholders]]
         spans: list[VisualSpan] = []
         for token_id in dict.fromkeys(item.token_id for item in row):
             items = [item for item in row if item.token_id == token_id]
-            positions = (ids == token_id).nonzero().flatten()
-            pieces = positions.split([item.layout.num_packed_tokens for item in items])
+            pieces = placeholder_runs(ids, token_id, [item.layout.num_packed_tokens for item in items])
             for item, piece in zip(items, pieces, strict=True):
                 spans.append(VisualSpan(item.layout, piece, item.doc_key, item.index))
         rows.append(spans)
